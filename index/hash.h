@@ -26,13 +26,18 @@ void fm_hash_free(struct fm_hash *h);
 uint64_t fm_hash_key(const uint8_t *key, size_t key_len);
 
 /*
- * Adds (key, rowid). FM_ERR_UNIQUE when unique and the key is present (the
- * index is unchanged); FM_ERR_NOMEM.
+ * Adds (key, rowid). rowid must not be 0 (0 marks an empty slot) and the
+ * pair must not already be present. FM_ERR_UNIQUE when unique and the key is
+ * present; FM_ERR_NOMEM. The index is unchanged on any failure.
  */
-fm_status fm_hash_insert(struct fm_hash *h, const uint8_t *key,
-                         size_t key_len, uint64_t rowid);
+fm_status fm_hash_insert(struct fm_hash *h, const uint8_t *key, size_t key_len,
+                         uint64_t rowid);
 
-/* Removes (key, rowid); false if it was not there. Never allocates. */
+/*
+ * Removes (key, rowid); false if it was not there. Never allocates. The
+ * entry is matched on XXH3(key) and rowid without calling fm_key_fn, so the
+ * row may already hold a different key.
+ */
 bool fm_hash_remove(struct fm_hash *h, const uint8_t *key, size_t key_len,
                     uint64_t rowid);
 
@@ -55,8 +60,8 @@ struct fm_hash_iter {
     const uint8_t *key; /* borrowed for the life of the iterator */
     size_t key_len;
     uint64_t hash;
-    size_t table;   /* which of the two tables during a resize */
-    size_t pos;     /* next slot to probe */
+    size_t table; /* which of the two tables during a resize */
+    size_t pos;   /* next slot to probe */
     bool done;
 };
 
@@ -69,5 +74,20 @@ bool fm_hash_iter_next(struct fm_hash_iter *it, uint64_t *rowid_out);
 
 /* Verifies probe invariants, counts and hashes. FM_ERR_CORRUPT in err. */
 fm_status fm_hash_check(struct fm_hash *h, struct fm_error *err);
+
+/* Old-table slots an insert or remove migrates at most during a resize. */
+#define FM_HASH_MIGRATE_SLOTS 128
+
+/* Table shape, for tests and benchmarks. */
+struct fm_hash_stats {
+    size_t n_entries;        /* same as fm_hash_count */
+    size_t n_slots;          /* slots of the current table */
+    size_t n_old_slots;      /* slots of the table being drained; 0 if none */
+    size_t n_old_unmigrated; /* old slots migration has not visited yet */
+    size_t n_old_entries;    /* entries still in the old table */
+};
+
+/* Fills *out with the current shape of the index. */
+void fm_hash_stats(const struct fm_hash *h, struct fm_hash_stats *out);
 
 #endif /* FM_HASH_H */

@@ -1,0 +1,694 @@
+/*
+ * hash.c: an open-addressing hash index from byte keys to row ids.
+ *
+ * The index answers "which rows have this key" for unique constraints and
+ * equality lookups. It never stores keys (STYLE.md section 5): a slot is 16
+ * bytes, four to a cache line,
+ *
+ *     offset  size  field
+ *          0     8  hash   XXH3-64 of the encoded key
+ *          8     8  rowid  the row; 0 marks an empty slot
+ *
+ * Row ids start at 1 in the engine, so rowid 0 is free to mean "empty" and a
+ * zero-filled allocation is an empty table (calloc hands out lazily zeroed
+ * pages, so a fresh 4 GiB table costs nothing until it is used). Equal hashes
+ * are settled by asking fm_key_fn for the held row's key, written into a
+ * scratch buffer the index owns, and comparing with memcmp. The scratch
+ * buffer grows at insert time to the longest key ever inserted; since a held
+ * row's key never changes while it is held, no held key can be longer, so
+ * finds, iterators and removes never allocate, and a probe key longer than
+ * the buffer is known to be absent without probing.
+ *
+ * Collisions are resolved by linear probing: an entry lives at its home slot
+ * (hash & mask) or at the first free slot after it, wrapping at the end. The
+ * one invariant is that no empty slot lies between an entry's home and its
+ * position, so a lookup scans from the home to the first empty slot.
+ * Removal uses backward-shift deletion instead of tombstones: the entries
+ * after the hole are moved back into it whenever that keeps them reachable,
+ * so a long-lived table with churn stays as short-probed as a fresh one, and
+ * removal never allocates. A remove matches (hash, rowid) only: a row has one
+ * key per index, and not calling fm_key_fn lets the engine remove the entry
+ * after the row already holds its new key.
+ *
+ * Sizes are powers of two. The table grows at load 0.75: expected probes are
+ * about 2.5 for a hit and 8.5 for a miss (Knuth), i.e. one or two cache
+ * lines, while the load after growing (0.375 to 0.75) averages about 28
+ * bytes per entry. 100M rows fit in 2^27 slots (2 GiB), and the resize to
+ * 2^28 peaks at 6 GiB with both tables live. If the bigger table cannot be
+ * allocated, inserts continue into the current one up to load 0.95 (miss
+ * probes grow to hundreds, but it keeps working) and then fail with
+ * FM_ERR_NOMEM; each insert above 0.75 retries the allocation.
+ *
+ * Growth is incremental, after Redis's dict.c. Growing allocates a table of
+ * twice the size and makes the current table the "old" one; inserts go to
+ * the new table, and every insert and remove first migrates up to
+ * FM_HASH_MIGRATE_SLOTS old slots, so no single operation rehashes a 10M
+ * table. Lookups and the uniqueness check probe both tables. Finds do not
+ * migrate: a lookup never writes, so iterators stay valid across finds and
+ * read paths dirty no cache lines; a resize needs only n_old_slots / 128
+ * writes to finish, and a table with no writes pays only the second probe.
+ *
+ * Migrating linear-probed slots in place needs care at the wrap-around. The
+ * migration starts at mig_start, the slot just after an empty one, and walks
+ * forward; the n_migrated slots from mig_start on are zeroed as they are
+ * moved. Because the slot before mig_start is empty and the old table gets no
+ * inserts, no probe chain crosses from the unmigrated part into the migrated
+ * part. A chain whose home has been migrated continues, unbroken, at the
+ * migration cursor mig_start + n_migrated, so a lookup whose home falls in
+ * the migrated part starts there instead (probe_start). Backward shifts in
+ * the old table only move entries within the unmigrated part, and the
+ * standard shift test stays correct for such entries because their homes lie
+ * behind the cursor. The old table is freed when its last entry leaves,
+ * which is usually before the cursor has gone all the way round.
+ *
+ * Allocation failures leave the index unchanged: the scratch buffer and a new
+ * table are allocated before anything is modified, and migration itself
+ * never allocates. fm_hash_reserve() sizes the table for n entries in one
+ * full rehash, for bulk loading and recovery.
+ *
+ * Deliberately not done: storing keys or key prefixes (the hash is the
+ * prefix), shrinking after mass removal, iteration over the whole index,
+ * and any locking; callers serialise access to one index.
+ */
+#include "index/hash.h"
+
+#include <xxhash.h>
+
+enum {
+    MIN_SLOTS = 16,   /* the first table; a power of two */
+    SCRATCH_MIN = 64, /* initial key scratch buffer, bytes */
+};
+
+struct hash_slot {
+    uint64_t hash;  /* XXH3-64 of the key */
+    uint64_t rowid; /* 0 when the slot is empty */
+};
+
+_Static_assert(sizeof(struct hash_slot) == 16, "a slot is 16 bytes");
+
+struct hash_table {
+    struct hash_slot *slots; /* n_slots slots; NULL when unallocated */
+    size_t n_slots;          /* a power of two, or 0 */
+    size_t mask;             /* n_slots - 1 */
+    size_t n_entries;        /* occupied slots */
+};
+
+struct fm_hash {
+    fm_key_fn key_fn;
+    void *ctx;
+    bool unique;
+    struct hash_table cur; /* receives every insert */
+    struct hash_table old; /* being drained into cur; slots NULL when not */
+    size_t mig_start;      /* first old slot to migrate, after an empty one */
+    size_t n_migrated;     /* old slots migrated, from mig_start on */
+    uint8_t *scratch;      /* keys fetched through key_fn land here */
+    size_t scratch_cap;    /* at least the longest key ever inserted */
+};
+
+/* Entries a table takes before the index starts growing: load 0.75. */
+static size_t grow_limit(size_t n_slots)
+{
+    return n_slots / 4 * 3;
+}
+
+/* Entries a table takes when growing failed: load 0.95, one slot free. */
+static size_t hard_limit(size_t n_slots)
+{
+    size_t spare = n_slots / 20;
+    if (n_slots == 0)
+        return 0;
+    return n_slots - (spare > 0 ? spare : 1);
+}
+
+static bool table_alloc(struct hash_table *t, size_t n_slots)
+{
+    struct hash_slot *slots = fm_calloc(n_slots, sizeof(*slots));
+    if (slots == NULL)
+        return false;
+    t->slots = slots;
+    t->n_slots = n_slots;
+    t->mask = n_slots - 1;
+    t->n_entries = 0;
+    return true;
+}
+
+static void table_release(struct hash_table *t)
+{
+    fm_free(t->slots);
+    memset(t, 0, sizeof(*t));
+}
+
+static bool is_resizing(const struct fm_hash *h)
+{
+    return h->old.slots != NULL;
+}
+
+/* True when old-table slot pos has already been migrated (and zeroed). */
+static bool is_migrated(const struct fm_hash *h, size_t pos)
+{
+    return ((pos - h->mig_start) & h->old.mask) < h->n_migrated;
+}
+
+/* Where a lookup for hash starts scanning t; see the essay on migration. */
+static size_t probe_start(const struct fm_hash *h, const struct hash_table *t,
+                          uint64_t hash)
+{
+    size_t home = (size_t)hash & t->mask;
+    if (t == &h->old && is_migrated(h, home))
+        return (h->mig_start + h->n_migrated) & t->mask;
+    return home;
+}
+
+/* Places an entry known not to be present at the end of its probe chain. */
+static void table_put(struct hash_table *t, uint64_t hash, uint64_t rowid)
+{
+    FM_ASSERT(t->n_entries < t->n_slots);
+    size_t pos = (size_t)hash & t->mask;
+    while (t->slots[pos].rowid != 0)
+        pos = (pos + 1) & t->mask;
+    t->slots[pos].hash = hash;
+    t->slots[pos].rowid = rowid;
+    t->n_entries++;
+}
+
+/*
+ * Empties slot i by backward shift: each later entry of the cluster moves
+ * into the hole when its home is not in (hole, its position], which keeps
+ * every entry reachable from its home without tombstones.
+ */
+static void table_erase(struct hash_table *t, size_t i)
+{
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & t->mask;
+        const struct hash_slot *s = &t->slots[j];
+        if (s->rowid == 0)
+            break;
+        size_t home = (size_t)s->hash & t->mask;
+        if (((j - home) & t->mask) >= ((j - i) & t->mask)) {
+            t->slots[i] = *s;
+            i = j;
+        }
+    }
+    t->slots[i].hash = 0;
+    t->slots[i].rowid = 0;
+    t->n_entries--;
+}
+
+/* Compares the key of a held row with key; key_len <= scratch_cap. */
+static bool key_equals(struct fm_hash *h, uint64_t rowid, const uint8_t *key,
+                       size_t key_len)
+{
+    FM_ASSERT(key_len <= h->scratch_cap);
+    size_t len = h->key_fn(h->ctx, rowid, h->scratch, h->scratch_cap);
+    if (len != key_len)
+        return false;
+    return len == 0 || memcmp(h->scratch, key, len) == 0;
+}
+
+static bool table_find_key(struct fm_hash *h, const struct hash_table *t,
+                           uint64_t hash, const uint8_t *key, size_t key_len,
+                           size_t *pos_out)
+{
+    size_t pos = probe_start(h, t, hash);
+    for (; t->slots[pos].rowid != 0; pos = (pos + 1) & t->mask) {
+        const struct hash_slot *s = &t->slots[pos];
+        if (s->hash == hash && key_equals(h, s->rowid, key, key_len)) {
+            *pos_out = pos;
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool table_find_entry(const struct fm_hash *h,
+                             const struct hash_table *t, uint64_t hash,
+                             uint64_t rowid, size_t *pos_out)
+{
+    size_t pos = probe_start(h, t, hash);
+    for (; t->slots[pos].rowid != 0; pos = (pos + 1) & t->mask) {
+        if (t->slots[pos].hash == hash && t->slots[pos].rowid == rowid) {
+            *pos_out = pos;
+            return true;
+        }
+    }
+    return false;
+}
+
+static void finish_resize(struct fm_hash *h)
+{
+    table_release(&h->old);
+    h->mig_start = 0;
+    h->n_migrated = 0;
+}
+
+/* Moves up to budget old slots into cur; frees the old table when empty. */
+static void migrate_step(struct fm_hash *h, size_t budget)
+{
+    struct hash_table *old = &h->old;
+    for (; budget > 0 && old->n_entries > 0; budget--) {
+        FM_ASSERT(h->n_migrated < old->n_slots);
+        size_t pos = (h->mig_start + h->n_migrated) & old->mask;
+        struct hash_slot *s = &old->slots[pos];
+        if (s->rowid != 0) {
+            table_put(&h->cur, s->hash, s->rowid);
+            s->hash = 0;
+            s->rowid = 0;
+            old->n_entries--;
+        }
+        h->n_migrated++;
+    }
+    if (old->n_entries == 0)
+        finish_resize(h);
+}
+
+/*
+ * Makes the current table old and a fresh one of n_slots current. The
+ * migration starts after the first empty old slot, which exists because no
+ * table is ever filled past hard_limit().
+ */
+static fm_status start_resize(struct fm_hash *h, size_t n_slots)
+{
+    struct hash_table t;
+    FM_ASSERT(!is_resizing(h));
+    if (n_slots > SIZE_MAX / 2 / sizeof(struct hash_slot) ||
+        !table_alloc(&t, n_slots))
+        return FM_ERR_NOMEM;
+    if (h->cur.n_entries == 0) {
+        table_release(&h->cur);
+        h->cur = t;
+        return FM_OK;
+    }
+    h->old = h->cur;
+    h->cur = t;
+    size_t empty = 0;
+    while (h->old.slots[empty].rowid != 0)
+        empty++;
+    h->mig_start = (empty + 1) & h->old.mask;
+    h->n_migrated = 0;
+    return FM_OK;
+}
+
+/* Makes sure cur can take one more entry, growing or migrating as due. */
+static fm_status make_room(struct fm_hash *h)
+{
+    if (is_resizing(h))
+        migrate_step(h, FM_HASH_MIGRATE_SLOTS);
+    /*
+     * A resize finishes after n_old_slots / FM_HASH_MIGRATE_SLOTS writes, long
+     * before cur (twice the old size) can pass its own grow limit, so a new
+     * resize never has to start while one is running.
+     */
+    if (is_resizing(h) || h->cur.n_entries < grow_limit(h->cur.n_slots)) {
+        FM_ASSERT(h->cur.n_entries < hard_limit(h->cur.n_slots));
+        return FM_OK;
+    }
+    size_t n_slots = h->cur.n_slots == 0 ? MIN_SLOTS : h->cur.n_slots * 2;
+    fm_status st = start_resize(h, n_slots);
+    if (st == FM_OK) {
+        if (is_resizing(h))
+            migrate_step(h, FM_HASH_MIGRATE_SLOTS);
+        return FM_OK;
+    }
+    if (h->cur.n_entries < hard_limit(h->cur.n_slots))
+        return FM_OK;
+    return st;
+}
+
+static fm_status reserve_scratch(struct fm_hash *h, size_t key_len)
+{
+    if (key_len <= h->scratch_cap)
+        return FM_OK;
+    size_t cap = h->scratch_cap;
+    while (cap < key_len) {
+        if (cap > SIZE_MAX / 2) {
+            cap = key_len;
+            break;
+        }
+        cap *= 2;
+    }
+    uint8_t *p = fm_malloc(cap);
+    if (p == NULL)
+        return FM_ERR_NOMEM;
+    fm_free(h->scratch);
+    h->scratch = p;
+    h->scratch_cap = cap;
+    return FM_OK;
+}
+
+/*
+ * Debug builds re-check the O(1) resize bookkeeping after every change; the
+ * full fm_hash_check() is O(n) and left to tests.
+ */
+static fm_status check_shape(const struct fm_hash *h, struct fm_error *err);
+
+static void debug_check_shape(const struct fm_hash *h)
+{
+#ifdef FM_DEBUG_CHECKS
+    FM_ASSERT(check_shape(h, NULL) == FM_OK);
+#else
+    (void)h;
+#endif
+}
+
+fm_status fm_hash_new(fm_key_fn key_fn, void *ctx, bool unique,
+                      struct fm_hash **out)
+{
+    FM_ASSERT(key_fn != NULL);
+    FM_ASSERT(out != NULL);
+    struct fm_hash *h = fm_calloc(1, sizeof(*h));
+    if (h == NULL)
+        return FM_ERR_NOMEM;
+    h->scratch = fm_malloc(SCRATCH_MIN);
+    if (h->scratch == NULL)
+        goto fail_free_hash;
+    h->scratch_cap = SCRATCH_MIN;
+    h->key_fn = key_fn;
+    h->ctx = ctx;
+    h->unique = unique;
+    *out = h;
+    return FM_OK;
+
+fail_free_hash:
+    fm_free(h);
+    return FM_ERR_NOMEM;
+}
+
+void fm_hash_free(struct fm_hash *h)
+{
+    if (h == NULL)
+        return;
+    fm_free(h->cur.slots);
+    fm_free(h->old.slots);
+    fm_free(h->scratch);
+    fm_free(h);
+}
+
+uint64_t fm_hash_key(const uint8_t *key, size_t key_len)
+{
+    return XXH3_64bits(key, key_len);
+}
+
+/* True when some entry has this key, in either table. */
+static bool contains_key(struct fm_hash *h, uint64_t hash, const uint8_t *key,
+                         size_t key_len)
+{
+    size_t pos;
+    if (h->cur.n_entries > 0 &&
+        table_find_key(h, &h->cur, hash, key, key_len, &pos))
+        return true;
+    return is_resizing(h) &&
+           table_find_key(h, &h->old, hash, key, key_len, &pos);
+}
+
+fm_status fm_hash_insert(struct fm_hash *h, const uint8_t *key, size_t key_len,
+                         uint64_t rowid)
+{
+    FM_ASSERT(h != NULL);
+    FM_ASSERT(key != NULL || key_len == 0);
+    FM_ASSERT(rowid != 0);
+    uint64_t hash = fm_hash_key(key, key_len);
+    fm_status st = reserve_scratch(h, key_len);
+    if (st != FM_OK)
+        return st;
+    if (h->unique && contains_key(h, hash, key, key_len))
+        return FM_ERR_UNIQUE;
+    st = make_room(h);
+    if (st != FM_OK)
+        return st;
+    table_put(&h->cur, hash, rowid);
+    debug_check_shape(h);
+    return FM_OK;
+}
+
+bool fm_hash_remove(struct fm_hash *h, const uint8_t *key, size_t key_len,
+                    uint64_t rowid)
+{
+    FM_ASSERT(h != NULL);
+    FM_ASSERT(key != NULL || key_len == 0);
+    if (fm_hash_count(h) == 0 || rowid == 0)
+        return false;
+    uint64_t hash = fm_hash_key(key, key_len);
+    size_t pos;
+    if (h->cur.n_entries > 0 && table_find_entry(h, &h->cur, hash, rowid, &pos))
+        table_erase(&h->cur, pos);
+    else if (is_resizing(h) && table_find_entry(h, &h->old, hash, rowid, &pos))
+        table_erase(&h->old, pos);
+    else
+        return false;
+    if (is_resizing(h))
+        migrate_step(h, FM_HASH_MIGRATE_SLOTS);
+    debug_check_shape(h);
+    return true;
+}
+
+bool fm_hash_find(struct fm_hash *h, const uint8_t *key, size_t key_len,
+                  uint64_t *rowid_out)
+{
+    FM_ASSERT(h != NULL);
+    FM_ASSERT(key != NULL || key_len == 0);
+    if (fm_hash_count(h) == 0 || key_len > h->scratch_cap)
+        return false;
+    uint64_t hash = fm_hash_key(key, key_len);
+    size_t pos;
+    if (h->cur.n_entries > 0 &&
+        table_find_key(h, &h->cur, hash, key, key_len, &pos)) {
+        *rowid_out = h->cur.slots[pos].rowid;
+        return true;
+    }
+    if (is_resizing(h) &&
+        table_find_key(h, &h->old, hash, key, key_len, &pos)) {
+        *rowid_out = h->old.slots[pos].rowid;
+        return true;
+    }
+    return false;
+}
+
+/* Moves every entry of src into dst, which has room for them all. */
+static void rehash_into(struct hash_table *dst, const struct hash_table *src)
+{
+    for (size_t i = 0; i < src->n_slots; i++) {
+        if (src->slots[i].rowid != 0)
+            table_put(dst, src->slots[i].hash, src->slots[i].rowid);
+    }
+}
+
+fm_status fm_hash_reserve(struct fm_hash *h, size_t n)
+{
+    FM_ASSERT(h != NULL);
+    size_t n_slots = MIN_SLOTS;
+    while (grow_limit(n_slots) < n) {
+        if (n_slots > SIZE_MAX / 4 / sizeof(struct hash_slot))
+            return FM_ERR_NOMEM;
+        n_slots *= 2;
+    }
+    if (n_slots <= h->cur.n_slots)
+        return FM_OK;
+    struct hash_table t;
+    if (!table_alloc(&t, n_slots))
+        return FM_ERR_NOMEM;
+    /* Migrated old slots are zeroed, so whole-table scans see only the rest. */
+    if (h->cur.slots != NULL)
+        rehash_into(&t, &h->cur);
+    if (is_resizing(h))
+        rehash_into(&t, &h->old);
+    table_release(&h->cur);
+    finish_resize(h);
+    h->cur = t;
+    return FM_OK;
+}
+
+size_t fm_hash_count(const struct fm_hash *h)
+{
+    return h->cur.n_entries + h->old.n_entries;
+}
+
+size_t fm_hash_memory_bytes(const struct fm_hash *h)
+{
+    return sizeof(*h) + h->scratch_cap +
+           (h->cur.n_slots + h->old.n_slots) * sizeof(struct hash_slot);
+}
+
+void fm_hash_iter_init(struct fm_hash_iter *it, struct fm_hash *h,
+                       const uint8_t *key, size_t key_len)
+{
+    FM_ASSERT(it != NULL && h != NULL);
+    FM_ASSERT(key != NULL || key_len == 0);
+    memset(it, 0, sizeof(*it));
+    it->h = h;
+    it->key = key;
+    it->key_len = key_len;
+    it->hash = fm_hash_key(key, key_len);
+    if (fm_hash_count(h) == 0 || key_len > h->scratch_cap) {
+        it->done = true;
+        return;
+    }
+    /* Table 0 is the old table, scanned first during a resize; 1 is cur. */
+    it->table = is_resizing(h) ? 0 : 1;
+    it->pos = probe_start(h, it->table == 0 ? &h->old : &h->cur, it->hash);
+}
+
+bool fm_hash_iter_next(struct fm_hash_iter *it, uint64_t *rowid_out)
+{
+    struct fm_hash *h = it->h;
+    while (!it->done) {
+        const struct hash_table *t = it->table == 0 ? &h->old : &h->cur;
+        const struct hash_slot *s = &t->slots[it->pos];
+        if (s->rowid == 0) {
+            if (it->table == 0 && h->cur.n_entries > 0) {
+                it->table = 1;
+                it->pos = probe_start(h, &h->cur, it->hash);
+            } else {
+                it->done = true;
+            }
+            continue;
+        }
+        it->pos = (it->pos + 1) & t->mask;
+        if (s->hash == it->hash &&
+            key_equals(h, s->rowid, it->key, it->key_len)) {
+            *rowid_out = s->rowid;
+            return true;
+        }
+    }
+    return false;
+}
+
+void fm_hash_stats(const struct fm_hash *h, struct fm_hash_stats *out)
+{
+    out->n_entries = fm_hash_count(h);
+    out->n_slots = h->cur.n_slots;
+    out->n_old_slots = h->old.n_slots;
+    out->n_old_unmigrated = h->old.n_slots - h->n_migrated;
+    out->n_old_entries = h->old.n_entries;
+}
+
+/* The O(1) bookkeeping of both tables and of a running resize. */
+static fm_status check_shape(const struct fm_hash *h, struct fm_error *err)
+{
+    const struct hash_table *cur = &h->cur;
+    const struct hash_table *old = &h->old;
+    if (cur->n_slots != 0 &&
+        ((cur->n_slots & cur->mask) != 0 || cur->mask != cur->n_slots - 1 ||
+         cur->slots == NULL))
+        return fm_error_set(err, FM_ERR_CORRUPT, "bad table size %zu",
+                            cur->n_slots);
+    if (cur->n_entries > hard_limit(cur->n_slots))
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "overfull table: %zu entries in %zu slots",
+                            cur->n_entries, cur->n_slots);
+    if (h->scratch == NULL || h->scratch_cap < SCRATCH_MIN)
+        return fm_error_set(err, FM_ERR_CORRUPT, "missing scratch buffer");
+    if (!is_resizing(h)) {
+        if (old->n_slots != 0 || old->n_entries != 0 || h->n_migrated != 0)
+            return fm_error_set(err, FM_ERR_CORRUPT,
+                                "stale resize state without an old table");
+        return FM_OK;
+    }
+    if ((old->n_slots & old->mask) != 0 || old->mask != old->n_slots - 1 ||
+        cur->n_slots <= old->n_slots)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "bad old table size %zu for new size %zu",
+                            old->n_slots, cur->n_slots);
+    if (old->n_entries == 0 || h->n_migrated >= old->n_slots ||
+        h->mig_start >= old->n_slots)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "bad resize state: %zu old entries, %zu of %zu "
+                            "slots migrated from %zu",
+                            old->n_entries, h->n_migrated, old->n_slots,
+                            h->mig_start);
+    if (old->slots[(h->mig_start - 1) & old->mask].rowid != 0)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "old slot before migration start %zu is in use",
+                            h->mig_start);
+    return FM_OK;
+}
+
+/*
+ * Checks one occupied slot: nothing empty or migrated between where lookups
+ * start and the slot, the hash matches the row's key, and a lookup by that
+ * key meets the entry exactly once (and no other entry, when unique). key_buf
+ * holds scratch_cap bytes.
+ */
+static fm_status check_entry(struct fm_hash *h, const struct hash_table *t,
+                             size_t pos, uint8_t *key_buf, struct fm_error *err)
+{
+    const char *name = t == &h->old ? "old" : "current";
+    uint64_t hash = t->slots[pos].hash;
+    uint64_t rowid = t->slots[pos].rowid;
+    if (t == &h->old && is_migrated(h, pos))
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "migrated old slot %zu holds row %llu", pos,
+                            (unsigned long long)rowid);
+    for (size_t p = probe_start(h, t, hash); p != pos; p = (p + 1) & t->mask) {
+        if (t->slots[p].rowid == 0)
+            return fm_error_set(err, FM_ERR_CORRUPT,
+                                "row %llu in %s slot %zu is unreachable: "
+                                "slot %zu before it is empty",
+                                (unsigned long long)rowid, name, pos, p);
+    }
+    size_t len = h->key_fn(h->ctx, rowid, key_buf, h->scratch_cap);
+    if (len > h->scratch_cap)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "row %llu has a key of %zu bytes, longer than "
+                            "any inserted",
+                            (unsigned long long)rowid, len);
+    if (fm_hash_key(key_buf, len) != hash)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "row %llu in %s slot %zu has a stale hash",
+                            (unsigned long long)rowid, name, pos);
+    struct fm_hash_iter it;
+    uint64_t other;
+    size_t n_same_key = 0;
+    size_t n_same_entry = 0;
+    fm_hash_iter_init(&it, h, key_buf, len);
+    while (fm_hash_iter_next(&it, &other)) {
+        n_same_key++;
+        n_same_entry += other == rowid;
+    }
+    if (n_same_entry != 1)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "lookup meets row %llu %zu times",
+                            (unsigned long long)rowid, n_same_entry);
+    if (h->unique && n_same_key != 1)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "unique index holds %zu rows with the key of "
+                            "row %llu",
+                            n_same_key, (unsigned long long)rowid);
+    return FM_OK;
+}
+
+static fm_status check_table(struct fm_hash *h, const struct hash_table *t,
+                             uint8_t *key_buf, struct fm_error *err)
+{
+    size_t n_used = 0;
+    for (size_t pos = 0; pos < t->n_slots; pos++) {
+        if (t->slots[pos].rowid == 0)
+            continue;
+        n_used++;
+        fm_status st = check_entry(h, t, pos, key_buf, err);
+        if (st != FM_OK)
+            return st;
+    }
+    if (n_used != t->n_entries)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "table counts %zu entries but holds %zu",
+                            t->n_entries, n_used);
+    return FM_OK;
+}
+
+fm_status fm_hash_check(struct fm_hash *h, struct fm_error *err)
+{
+    FM_ASSERT(h != NULL);
+    fm_status st = check_shape(h, err);
+    if (st != FM_OK)
+        return st;
+    /* A copy of each key, since lookups reuse the scratch buffer. */
+    uint8_t *key_buf = fm_malloc(h->scratch_cap);
+    if (key_buf == NULL)
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory in check");
+    st = check_table(h, &h->cur, key_buf, err);
+    if (st == FM_OK && is_resizing(h))
+        st = check_table(h, &h->old, key_buf, err);
+    fm_free(key_buf);
+    return st;
+}
