@@ -31,7 +31,8 @@ void fm_btree_free(struct fm_btree *t);
 /*
  * Adds the entry (key, rowid). key is the row's key, passed by the caller
  * (the row may not yet be visible to key_fn). FM_ERR_UNIQUE when the tree is
- * unique and holds an equal key (the tree is unchanged); FM_ERR_NOMEM.
+ * unique and holds an equal key, or already holds this very (key, rowid)
+ * entry (the tree is unchanged); FM_ERR_NOMEM (the tree is unchanged).
  */
 fm_status fm_btree_insert(struct fm_btree *t, const uint8_t *key,
                           size_t key_len, uint64_t rowid);
@@ -57,8 +58,9 @@ size_t fm_btree_memory_bytes(const struct fm_btree *t);
 /*
  * Bulk build: with the tree empty, append entries in strictly increasing
  * (key, rowid) order; leaves are filled completely, with no search per
- * entry. FM_ERR_STATE when the order is broken (the tree keeps what came
- * before), FM_ERR_UNIQUE on equal keys in a unique tree, FM_ERR_NOMEM.
+ * entry. (A non-empty tree also accepts entries above all it holds.)
+ * FM_ERR_STATE when the order is broken (the tree keeps what came before),
+ * FM_ERR_UNIQUE on equal keys in a unique tree, FM_ERR_NOMEM.
  */
 fm_status fm_btree_append(struct fm_btree *t, const uint8_t *key,
                           size_t key_len, uint64_t rowid);
@@ -73,12 +75,14 @@ struct fm_btree_bound {
 /* An iterator over a key range; contents are private to btree.c. */
 struct fm_btree_iter {
     struct fm_btree *tree;
-    void *leaf;     /* current leaf, NULL when done */
-    int pos;        /* index of the next entry within leaf */
-    bool reverse;   /* iterate in descending order */
+    void *leaf;   /* current leaf, NULL when done */
+    int pos;      /* index of the next entry within leaf */
+    bool reverse; /* iterate in descending order */
     bool started;
     struct fm_btree_bound lo;
     struct fm_btree_bound hi;
+    void *stop_leaf; /* position just past the range, NULL at the end */
+    int stop_pos;
 };
 
 /*
