@@ -70,13 +70,24 @@
  * prefix), shrinking after mass removal, iteration over the whole index,
  * and any locking; callers serialise access to one index.
  */
+#if defined(__linux__)
+/* For madvise(MADV_DONTNEED), which POSIX lacks; see release_migrated(). */
+#define _DEFAULT_SOURCE
+#endif
+
 #include "index/hash.h"
+
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include <xxhash.h>
 
 enum {
-    MIN_SLOTS = 16,   /* the first table; a power of two */
-    SCRATCH_MIN = 64, /* initial key scratch buffer, bytes */
+    MIN_SLOTS = 16,          /* the first table; a power of two */
+    SCRATCH_MIN = 64,        /* initial key scratch buffer, bytes */
+    RELEASE_BYTES = 1 << 16, /* migrated old memory released per madvise */
 };
 
 struct hash_slot {
@@ -101,6 +112,8 @@ struct fm_hash {
     struct hash_table old; /* being drained into cur; slots NULL when not */
     size_t mig_start;      /* first old slot to migrate, after an empty one */
     size_t n_migrated;     /* old slots migrated, from mig_start on */
+    size_t n_released;     /* of those, slots whose pages were released */
+    size_t page_bytes;     /* the VM page size; 0 disables releasing */
     uint8_t *scratch;      /* keys fetched through key_fn land here */
     size_t scratch_cap;    /* at least the longest key ever inserted */
 };
@@ -240,6 +253,48 @@ static void finish_resize(struct fm_hash *h)
     table_release(&h->old);
     h->mig_start = 0;
     h->n_migrated = 0;
+    h->n_released = 0;
+}
+
+/*
+ * Gives the pages of old slots migrated since the last call back to the
+ * kernel, RELEASE_BYTES at a time. Without this the free() that ends a
+ * resize unmaps every resident page of the old table at once: about 15 ms
+ * for a 128 MiB table here, and far more for the 2 GiB table of 100M rows.
+ * Migrated slots are zero, which is what MADV_DONTNEED pages read back as, so
+ * whole-table scans stay correct. Only whole pages strictly inside the
+ * migrated range are released; the partial pages at its ends stay.
+ */
+static void release_migrated(struct fm_hash *h)
+{
+#if defined(__linux__)
+    const size_t batch = RELEASE_BYTES / sizeof(struct hash_slot);
+    const uintptr_t page_mask = (uintptr_t)h->page_bytes - 1;
+    if (h->page_bytes == 0 || h->page_bytes > RELEASE_BYTES)
+        return;
+    while (h->n_released + batch <= h->n_migrated) {
+        size_t from = (h->mig_start + h->n_released) & h->old.mask;
+        size_t n = h->n_migrated - h->n_released;
+        bool to_end = n >= h->old.n_slots - from;
+        if (to_end)
+            n = h->old.n_slots - from;
+        uintptr_t lo = (uintptr_t)(h->old.slots + from);
+        uintptr_t hi = (uintptr_t)(h->old.slots + from + n);
+        uintptr_t lo_page = (lo + page_mask) & ~page_mask;
+        uintptr_t hi_page = hi & ~page_mask;
+        /* Best effort: pages that stay resident are freed with the table. */
+        if (lo_page < hi_page)
+            (void)madvise((void *)lo_page, hi_page - lo_page, MADV_DONTNEED);
+        if (to_end)
+            h->n_released += n;
+        else if (hi_page > lo)
+            h->n_released += (hi_page - lo) / sizeof(struct hash_slot);
+        else
+            break;
+    }
+#else
+    (void)h;
+#endif
 }
 
 /* Moves up to budget old slots into cur; frees the old table when empty. */
@@ -260,6 +315,8 @@ static void migrate_step(struct fm_hash *h, size_t budget)
     }
     if (old->n_entries == 0)
         finish_resize(h);
+    else
+        release_migrated(h);
 }
 
 /*
@@ -286,6 +343,9 @@ static fm_status start_resize(struct fm_hash *h, size_t n_slots)
         empty++;
     h->mig_start = (empty + 1) & h->old.mask;
     h->n_migrated = 0;
+    h->n_released = 0;
+    long page_bytes = sysconf(_SC_PAGESIZE);
+    h->page_bytes = page_bytes > 0 ? (size_t)page_bytes : 0;
     return FM_OK;
 }
 
@@ -579,7 +639,8 @@ static fm_status check_shape(const struct fm_hash *h, struct fm_error *err)
     if (h->scratch == NULL || h->scratch_cap < SCRATCH_MIN)
         return fm_error_set(err, FM_ERR_CORRUPT, "missing scratch buffer");
     if (!is_resizing(h)) {
-        if (old->n_slots != 0 || old->n_entries != 0 || h->n_migrated != 0)
+        if (old->n_slots != 0 || old->n_entries != 0 || h->n_migrated != 0 ||
+            h->n_released != 0)
             return fm_error_set(err, FM_ERR_CORRUPT,
                                 "stale resize state without an old table");
         return FM_OK;
@@ -590,7 +651,7 @@ static fm_status check_shape(const struct fm_hash *h, struct fm_error *err)
                             "bad old table size %zu for new size %zu",
                             old->n_slots, cur->n_slots);
     if (old->n_entries == 0 || h->n_migrated >= old->n_slots ||
-        h->mig_start >= old->n_slots)
+        h->mig_start >= old->n_slots || h->n_released > h->n_migrated)
         return fm_error_set(err, FM_ERR_CORRUPT,
                             "bad resize state: %zu old entries, %zu of %zu "
                             "slots migrated from %zu",
