@@ -1,0 +1,187 @@
+/*
+ * engine.c: the engine object, statement atomicity and MULTI/EXEC.
+ *
+ * An engine owns a parsed schema and one struct fm_table per table. Every
+ * command runs inside a transaction: fm_engine_exec opens one, runs the
+ * command, and commits it or rolls it back to its start, so a failed write
+ * changes nothing even when it had already inserted rows or cascaded
+ * through three tables (SPEC section 2). fm_engine_exec_multi runs a batch
+ * in one transaction and rolls all of it back if any command fails, which
+ * is stronger than Redis' EXEC.
+ *
+ * The reply of a failed command is only its error: whatever the command had
+ * appended before it failed is cut off, so a reply never mixes a partial
+ * result with an error.
+ */
+#include "engine/engine_int.h"
+
+#include <stdio.h>
+
+const char *fm_default_schema(void)
+{
+    return fm_schema_default_text;
+}
+
+fm_status fm_engine_new(const struct fm_engine_options *opts,
+                        struct fm_engine **out, struct fm_error *err)
+{
+    const char *text = opts != NULL ? opts->schema_text : NULL;
+    size_t len = text != NULL ? opts->schema_len : 0;
+    if (text == NULL) {
+        text = fm_schema_default_text;
+        len = strlen(text);
+    }
+    struct fm_engine *e = fm_calloc(1, sizeof(*e));
+    if (e == NULL)
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    fm_status st = fm_schema_parse(text, len, &e->schema, err);
+    if (st != FM_OK)
+        goto fail;
+    e->tables = fm_calloc(e->schema.n_tables, sizeof(struct fm_table));
+    if (e->tables == NULL) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < e->schema.n_tables; i++) {
+        if ((st = fm_table_init(&e->tables[i], e, i)) != FM_OK) {
+            fm_error_set(err, st, "out of memory creating table %s",
+                         e->schema.tables[i].name);
+            goto fail;
+        }
+    }
+    if (opts != NULL) {
+        e->log = opts->log;
+        e->log_ctx = opts->log_ctx;
+    }
+    *out = e;
+    return FM_OK;
+fail:
+    fm_engine_free(e);
+    return st;
+}
+
+void fm_engine_free(struct fm_engine *e)
+{
+    if (e == NULL)
+        return;
+    if (e->in_txn) {
+        fm_txn_rollback_to(e, 0);
+        e->in_txn = false;
+    }
+    for (size_t i = 0; e->tables != NULL && i < e->schema.n_tables; i++)
+        fm_table_fini(&e->tables[i]);
+    fm_free(e->tables);
+    fm_schema_fini(&e->schema);
+    fm_free(e->undo);
+    fm_buf_fini(&e->key);
+    fm_buf_fini(&e->key2);
+    fm_buf_fini(&e->rec);
+    fm_buf_fini(&e->ids);
+    fm_buf_fini(&e->sort);
+    fm_buf_fini(&e->strs);
+    fm_free(e);
+}
+
+/* Runs one command inside the open transaction; on failure undoes it and
+ * leaves only its error in the reply. */
+static fm_status exec_in_txn(struct fm_engine *e, size_t argc,
+                             const uint8_t *const *argv, const size_t *len,
+                             struct fm_reply *reply)
+{
+    size_t savepoint = e->n_undo;
+    size_t reply_len = reply->buf.len;
+    size_t reply_n = reply->n_values;
+    fm_status st = fm_query_exec(e, argc, argv, len, reply);
+    if (st == FM_OK)
+        return FM_OK;
+    fm_txn_rollback_to(e, savepoint);
+    reply->buf.len = reply_len;
+    reply->n_values = reply_n;
+    reply->failed = false;
+    fm_reply_error(reply, st, e->err.st == st ? e->err.msg
+                                              : fm_status_message(st));
+    return st;
+}
+
+fm_status fm_engine_exec(struct fm_engine *e, size_t argc,
+                         const uint8_t *const *argv, const size_t *argv_len,
+                         struct fm_reply *reply)
+{
+    fm_txn_begin(e);
+    fm_status st = exec_in_txn(e, argc, argv, argv_len, reply);
+    fm_txn_commit(e);
+    return st;
+}
+
+fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
+                               const struct fm_command *cmds,
+                               struct fm_reply *reply)
+{
+    size_t reply_len = reply->buf.len;
+    size_t reply_n = reply->n_values;
+    fm_txn_begin(e);
+    fm_reply_array(reply, n_cmds);
+    for (size_t i = 0; i < n_cmds; i++) {
+        fm_status st = fm_query_exec(e, cmds[i].argc, cmds[i].argv,
+                                     cmds[i].argv_len, reply);
+        if (st == FM_OK)
+            continue;
+        fm_txn_rollback_to(e, 0);
+        fm_txn_commit(e);
+        reply->buf.len = reply_len;
+        reply->n_values = reply_n;
+        reply->failed = false;
+        char msg[FM_ERROR_MSG_CAP + 96];
+        snprintf(msg, sizeof(msg),
+                 "transaction discarded: command %zu failed: %s %s", i + 1,
+                 fm_status_code(st),
+                 e->err.st == st ? e->err.msg : fm_status_message(st));
+        fm_reply_error(reply, FM_ERR_EXECABORT, msg);
+        return st;
+    }
+    fm_txn_commit(e);
+    return FM_OK;
+}
+
+uint64_t fm_engine_row_count(const struct fm_engine *e)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < e->schema.n_tables; i++)
+        n += e->tables[i].n_rows;
+    return n;
+}
+
+size_t fm_engine_table_count(const struct fm_engine *e)
+{
+    return e->schema.n_tables;
+}
+
+void fm_engine_table_stats(const struct fm_engine *e, size_t i,
+                           struct fm_table_stats *out)
+{
+    FM_ASSERT(i < e->schema.n_tables);
+    const struct fm_table *t = &e->tables[i];
+    out->name = t->def->name;
+    out->n_rows = t->n_rows;
+    out->next_id = t->next_id;
+    out->row_bytes = fm_table_row_bytes(t);
+    out->index_bytes = fm_table_index_bytes(t);
+    out->n_indexes = t->n_indexes;
+}
+
+size_t fm_engine_memory_bytes(const struct fm_engine *e)
+{
+    size_t n = sizeof(*e) + e->undo_cap * sizeof(struct fm_undo) +
+               e->key.cap + e->key2.cap + e->rec.cap + e->ids.cap +
+               e->sort.cap + e->strs.cap;
+    for (size_t i = 0; i < e->schema.n_tables; i++)
+        n += fm_table_row_bytes(&e->tables[i]) +
+             fm_table_index_bytes(&e->tables[i]);
+    return n;
+}
+
+const char *fm_engine_schema_text(const struct fm_engine *e, size_t *len_out)
+{
+    *len_out = e->schema.text_len;
+    return e->schema.text;
+}

@@ -1,0 +1,199 @@
+/*
+ * engine_int.h: structures shared by the .c files of engine/ and by no one
+ * else. The public face of the engine is fermata.h.
+ */
+#ifndef FM_ENGINE_INT_H
+#define FM_ENGINE_INT_H
+
+#include "engine/fermata.h"
+#include "engine/schema.h"
+#include "engine/value.h"
+#include "index/btree.h"
+#include "index/hash.h"
+
+/* Row ids map to records through a two-level table of pages. */
+#define FM_ID_PAGE_BITS  12
+#define FM_ID_PAGE_SLOTS ((uint64_t)1 << FM_ID_PAGE_BITS)
+#define FM_ID_MAX        ((uint64_t)1 << 32) /* ids are below this */
+
+/*
+ * Records live in size-classed slabs: classes of 8-byte steps up to
+ * FM_SLAB_MAX bytes, carved out of 64 KiB chunks, with an intrusive free
+ * list per class. Larger records come from fm_malloc.
+ */
+#define FM_SLAB_MAX        512
+#define FM_SLAB_CLASSES    (FM_SLAB_MAX / 8)
+#define FM_SLAB_CHUNK_SIZE (64 * 1024)
+
+struct fm_slab {
+    void *free_list[FM_SLAB_CLASSES]; /* per class: freed blocks, linked */
+    uint8_t *chunk;                   /* the chunk being carved */
+    size_t chunk_used;                /* bytes carved from it */
+    void **chunks;                    /* every chunk, for release */
+    size_t n_chunks;
+    size_t chunks_cap;
+    size_t large_bytes; /* bytes in records above FM_SLAB_MAX */
+    size_t used_bytes;  /* bytes in live records (class-rounded) */
+};
+
+struct fm_table;
+
+struct fm_index {
+    const struct fm_index_def *def;
+    struct fm_table *table;
+    struct fm_btree *bt; /* exactly one of bt and h is set */
+    struct fm_hash *h;
+};
+
+struct fm_table {
+    struct fm_engine *engine;
+    const struct fm_table_def *def;
+    size_t no;               /* table number in the schema */
+    uint8_t ***pages;        /* pages[id >> 12][id & 4095] -> record */
+    size_t n_pages;          /* length of pages[] */
+    uint64_t next_id;        /* id the next automatic insert gets */
+    uint64_t n_rows;
+    size_t n_user_cols;      /* columns between id and created_at */
+    size_t bitmap_len;       /* bytes of the record's null bitmap */
+    struct fm_slab slab;
+    size_t n_indexes;
+    struct fm_index indexes[FM_MAX_INDEXES];
+};
+
+/*
+ * A decoded row: values borrow the record's bytes, so they stay valid while
+ * the record is alive (until the transaction that replaced it commits).
+ */
+struct fm_row {
+    uint64_t id;
+    struct fm_value v[FM_MAX_COLUMNS];
+};
+
+enum fm_undo_op {
+    FM_UNDO_INSERT = 1, /* the row was inserted; undo removes it */
+    FM_UNDO_DELETE = 2, /* old_rec was deleted; undo puts it back */
+    FM_UNDO_UPDATE = 3, /* old_rec was replaced; undo restores it */
+};
+
+struct fm_undo {
+    uint8_t op;
+    uint16_t table;
+    uint64_t id;
+    uint8_t *old_rec;     /* DELETE, UPDATE: the record before */
+    uint64_t old_next_id; /* INSERT: the table's next_id before */
+};
+
+struct fm_engine {
+    struct fm_schema schema;
+    struct fm_table *tables; /* schema.n_tables */
+    fm_log_fn log;
+    void *log_ctx;
+    /* The undo log of the open transaction; empty between commands. */
+    struct fm_undo *undo;
+    size_t n_undo;
+    size_t undo_cap;
+    bool in_txn;
+    /* Scratch reused by every command, so a warm engine does not allocate:
+     * keys being built, row id lists, the record being encoded. */
+    struct fm_buf key;
+    struct fm_buf key2;
+    struct fm_buf rec;
+    struct fm_buf ids;  /* uint64_t row ids, a stack used by cascades */
+    struct fm_buf sort; /* sort entries of FIND */
+    struct fm_buf strs; /* unescaped or formatted text */
+    uint8_t *keyfn_buf; /* records encoded by the index key callback */
+    size_t keyfn_cap;
+    struct fm_error err;
+};
+
+/* ---- table.c: rows, records, indexes ----------------------------------- */
+
+fm_status fm_table_init(struct fm_table *t, struct fm_engine *e, size_t no);
+void fm_table_fini(struct fm_table *t);
+
+/* The record of row id, or NULL when there is none. */
+static inline uint8_t *fm_table_record(const struct fm_table *t, uint64_t id)
+{
+    uint64_t p = id >> FM_ID_PAGE_BITS;
+    if (p >= t->n_pages || t->pages[p] == NULL)
+        return NULL;
+    return t->pages[p][id & (FM_ID_PAGE_SLOTS - 1)];
+}
+
+/* Sets the slot of id (allocating its page). FM_ERR_NOMEM. */
+fm_status fm_table_set_record(struct fm_table *t, uint64_t id, uint8_t *rec);
+
+/* Encodes row values (all columns but id) into e->rec. */
+fm_status fm_table_encode_row(struct fm_table *t, const struct fm_row *row);
+
+/* Copies e->rec into a new slab record. NULL when out of memory. */
+uint8_t *fm_table_alloc_record(struct fm_table *t);
+void fm_table_free_record(struct fm_table *t, uint8_t *rec);
+
+/* Decodes a record into row (row->id is set from id). */
+void fm_table_decode(const struct fm_table *t, uint64_t id, const uint8_t *rec,
+                     struct fm_row *row);
+
+/* Appends the encoded key of index ix for row values to b. FM_ERR_NOMEM. */
+fm_status fm_index_key(const struct fm_index *ix, const struct fm_row *row,
+                       struct fm_buf *b);
+
+/*
+ * Adds index entries for row to the indexes of t (all when mask is all
+ * ones, else those with their bit set). On failure nothing was added;
+ * FM_ERR_UNIQUE sets *bad_index_out to the index that refused.
+ */
+fm_status fm_table_index_add(struct fm_table *t, const struct fm_row *row,
+                             uint32_t mask, int *bad_index_out);
+/* Removes index entries for row from the indexes in mask. */
+void fm_table_index_remove(struct fm_table *t, const struct fm_row *row,
+                           uint32_t mask);
+
+/* Bytes used by the table's rows and id map, and by its indexes. */
+size_t fm_table_row_bytes(const struct fm_table *t);
+size_t fm_table_index_bytes(const struct fm_table *t);
+
+/* ---- txn.c: writes, constraints, undo ---------------------------------- */
+
+/* Starts a transaction; commands between begin and commit are atomic. */
+void fm_txn_begin(struct fm_engine *e);
+/* Makes the changes since begin permanent and frees replaced records. */
+void fm_txn_commit(struct fm_engine *e);
+/* Undoes every change back to savepoint (an n_undo value). */
+void fm_txn_rollback_to(struct fm_engine *e, size_t savepoint);
+
+/*
+ * Inserts a row whose values are in row->v (row->id 0 for automatic).
+ * Checks type-independent constraints: NOT NULL, CHECK, UNIQUE, FOREIGN
+ * KEY. On success *id_out is the id. Detail in e->err.
+ */
+fm_status fm_txn_insert(struct fm_engine *e, struct fm_table *t,
+                        struct fm_row *row, uint64_t *id_out);
+
+/*
+ * Replaces row id's values by row->v (the full new row). changed is the
+ * bitmask of columns that differ (bit per column number, id excluded).
+ */
+fm_status fm_txn_update(struct fm_engine *e, struct fm_table *t,
+                        struct fm_row *row, uint64_t changed_mask);
+
+/* Deletes row id and applies ON DELETE actions; *n_out counts every row
+ * removed, cascades included. */
+fm_status fm_txn_delete(struct fm_engine *e, struct fm_table *t, uint64_t id,
+                        uint64_t *n_out);
+
+/* Checks a value against a column's NOT NULL and CHECK constraints. */
+fm_status fm_check_value(struct fm_engine *e, const struct fm_table *t,
+                         size_t col, const struct fm_value *v);
+
+/* ---- query.c: the command language ------------------------------------- */
+
+fm_status fm_query_exec(struct fm_engine *e, size_t argc,
+                        const uint8_t *const *argv, const size_t *argv_len,
+                        struct fm_reply *reply);
+
+/* Appends the value in the form a reply carries (datetime as text). */
+void fm_reply_value(struct fm_engine *e, struct fm_reply *r,
+                    enum fm_type type, const struct fm_value *v);
+
+#endif /* FM_ENGINE_INT_H */

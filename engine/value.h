@@ -1,0 +1,75 @@
+/*
+ * value.h: column values, their text forms, and byte-comparable key
+ * encoding.
+ *
+ * Integers are int64; datetimes are int64 microseconds since the Unix epoch,
+ * UTC, written as ISO-8601 "2026-11-25T04:07:32.123456Z" (SPEC 1); strings
+ * are byte strings of at most FM_STRING_MAX bytes.
+ */
+#ifndef FM_VALUE_H
+#define FM_VALUE_H
+
+#include "engine/schema.h"
+
+/* A value borrowed from a row, a request or a schema. */
+struct fm_value {
+    bool is_null;
+    int64_t i;         /* integer or datetime */
+    const uint8_t *s;  /* string bytes, borrowed */
+    size_t len;
+};
+
+/*
+ * Parses a decimal integer: optional sign, digits (leading zeros allowed, as
+ * redis-benchmark sends them). False on anything else or on overflow.
+ */
+bool fm_parse_int64(const uint8_t *p, size_t len, int64_t *out);
+
+/*
+ * Parses "YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z" (years 0001 to 9999) into
+ * microseconds since the epoch. False on anything else.
+ */
+bool fm_parse_datetime(const uint8_t *p, size_t len, int64_t *out);
+
+/* Longest text fm_format_datetime writes, NUL included. */
+#define FM_DATETIME_TEXT_CAP 32
+
+/* Writes the ISO-8601 form with six fraction digits; returns its length. */
+size_t fm_format_datetime(int64_t us, char *out);
+
+/*
+ * Byte-comparable key encoding (docs/storage.md): memcmp order of encoded
+ * keys equals the order of values, NULL first; encodings are
+ * self-delimiting so a composite key is the concatenation of its columns.
+ */
+#define FM_KEY_INT_MAX 9 /* bytes of the longest integer encoding */
+
+/* Appends the encoding of v for a column of this type. FM_ERR_NOMEM. */
+fm_status fm_key_append(struct fm_buf *b, enum fm_type type,
+                        const struct fm_value *v);
+
+/* Writes the encoding of integer v to out (FM_KEY_INT_MAX bytes of room);
+ * returns its length. */
+size_t fm_key_encode_int(int64_t v, uint8_t *out);
+
+/*
+ * Replaces key[0..*len) with the smallest byte string greater than every
+ * string that has it as a prefix. False when none exists (all 0xff).
+ */
+bool fm_key_successor(uint8_t *key, size_t *len);
+
+/* Varints for row records: LEB128 of unsigned and zigzag of signed. */
+#define FM_VARINT_MAX 10
+size_t fm_varint_put(uint8_t *out, uint64_t v);
+/* Reads a varint from p[0..len); 0 if truncated or over 10 bytes. */
+size_t fm_varint_get(const uint8_t *p, size_t len, uint64_t *out);
+static inline uint64_t fm_zigzag(int64_t v)
+{
+    return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+static inline int64_t fm_unzigzag(uint64_t u)
+{
+    return (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+}
+
+#endif /* FM_VALUE_H */

@@ -1,0 +1,785 @@
+/*
+ * test_engine.c: the command language, constraints and atomicity of
+ * libfermata, through its public API (engine/fermata.h).
+ *
+ * Commands are written as text and split on spaces (double quotes group a
+ * value with spaces), then run with fm_engine_exec. After every failing
+ * command the tests check that the whole database dumps exactly as before:
+ * a failed write changes nothing (SPEC section 2).
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/fermata.h"
+
+static struct fm_engine *db;
+static struct fm_reply reply;
+
+static void setup(void)
+{
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_new(NULL, &db, &err), FM_OK, "%s", err.msg);
+}
+
+static void teardown(void)
+{
+    fm_engine_free(db);
+    fm_reply_fini(&reply);
+    db = NULL;
+}
+
+TestSuite(engine, .init = setup, .fini = teardown);
+
+#define MAX_ARGS 64
+
+/* Splits cmd into argv (in a static copy) and runs it; returns the status.
+ * Double quotes group, \" is not supported (tests do not need it). */
+static fm_status run_on(struct fm_engine *e, const char *cmd)
+{
+    static char copy[8192];
+    const uint8_t *argv[MAX_ARGS];
+    size_t lens[MAX_ARGS];
+    size_t argc = 0;
+    snprintf(copy, sizeof(copy), "%s", cmd);
+    char *p = copy;
+    while (*p != '\0') {
+        while (*p == ' ')
+            p++;
+        if (*p == '\0')
+            break;
+        cr_assert_lt(argc, MAX_ARGS);
+        if (*p == '"') {
+            char *end = strchr(p + 1, '"');
+            cr_assert_not_null(end);
+            argv[argc] = (const uint8_t *)(p + 1);
+            lens[argc++] = (size_t)(end - p - 1);
+            p = end + 1;
+        } else {
+            char *end = p;
+            while (*end != ' ' && *end != '\0')
+                end++;
+            argv[argc] = (const uint8_t *)p;
+            lens[argc++] = (size_t)(end - p);
+            p = end;
+        }
+    }
+    fm_reply_reset(&reply);
+    return fm_engine_exec(e, argc, argv, lens, &reply);
+}
+
+static fm_status run(const char *cmd)
+{
+    return run_on(db, cmd);
+}
+
+static struct fm_reply_value first(void)
+{
+    struct fm_reply_cursor c;
+    struct fm_reply_value v;
+    fm_reply_cursor_init(&c, &reply);
+    cr_assert(fm_reply_next(&c, &v), "empty reply");
+    return v;
+}
+
+static int64_t run_int(const char *cmd)
+{
+    fm_status st = run(cmd);
+    struct fm_reply_value v = first();
+    cr_assert_eq(st, FM_OK, "%s: %s %.*s", cmd, fm_status_code(st),
+                 (int)v.len, (const char *)v.str);
+    cr_assert_eq(v.type, FM_REPLY_INT, "%s: reply type %d", cmd, v.type);
+    return v.i;
+}
+
+/* Renders the reply as text: ints, "bulk", nil, [n ...], -CODE msg. */
+static void render(const struct fm_reply *r, char *out, size_t cap)
+{
+    struct fm_reply_cursor c;
+    struct fm_reply_value v;
+    size_t o = 0;
+    out[0] = '\0';
+    fm_reply_cursor_init(&c, r);
+    while (fm_reply_next(&c, &v) && o < cap) {
+        switch (v.type) {
+        case FM_REPLY_INT:
+            o += (size_t)snprintf(out + o, cap - o, "%lld ", (long long)v.i);
+            break;
+        case FM_REPLY_NIL:
+            o += (size_t)snprintf(out + o, cap - o, "nil ");
+            break;
+        case FM_REPLY_BULK:
+        case FM_REPLY_STATUS:
+            o += (size_t)snprintf(out + o, cap - o, "%.*s ", (int)v.len,
+                                  (const char *)v.str);
+            break;
+        case FM_REPLY_ERROR:
+            o += (size_t)snprintf(out + o, cap - o, "-%s %.*s ",
+                                  fm_status_code(v.st), (int)v.len,
+                                  (const char *)v.str);
+            break;
+        case FM_REPLY_ARRAY:
+            o += (size_t)snprintf(out + o, cap - o, "[%zu] ", v.n);
+            break;
+        }
+    }
+}
+
+static char text[1 << 16];
+
+static const char *run_text(const char *cmd)
+{
+    run(cmd);
+    render(&reply, text, sizeof(text));
+    return text;
+}
+
+/* Every row of every table, as text. */
+static char *dump(void)
+{
+    static const char *const tables[] = {
+        "users",           "artists",         "albums",
+        "genres",          "tracks",          "playlists",
+        "user_followers",  "playlist_tracks", "playlist_followers",
+        "user_track_history"};
+    size_t cap = 1 << 20;
+    char *out = malloc(cap);
+    size_t o = 0;
+    char cmd[128];
+    for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+        snprintf(cmd, sizeof(cmd), "FIND %s", tables[i]);
+        cr_assert_eq(run(cmd), FM_OK);
+        render(&reply, out + o, cap - o);
+        o += strlen(out + o);
+    }
+    return out;
+}
+
+/* Runs a command that must fail with want, and checks nothing changed. */
+static void expect_error(const char *cmd, fm_status want)
+{
+    char *before = dump();
+    fm_status st = run(cmd);
+    struct fm_reply_value v = first();
+    cr_assert_eq(st, want, "%s: got %s (%.*s), want %s", cmd,
+                 fm_status_name(st), (int)v.len, (const char *)v.str,
+                 fm_status_name(want));
+    cr_assert_eq(v.type, FM_REPLY_ERROR);
+    cr_assert_eq(v.st, want);
+    char *after = dump();
+    cr_assert_str_eq(before, after, "%s changed the data", cmd);
+    free(before);
+    free(after);
+}
+
+static void seed(void)
+{
+    cr_assert_eq(run_int("INSERT users username ann email ann@x password_digest "
+                         "d1 session_token t1"),
+                 1);
+    cr_assert_eq(run_int("INSERT users username bob email bob@x password_digest "
+                         "d2 session_token t1"),
+                 2);
+    cr_assert_eq(run_int("INSERT genres name rock"), 1);
+    cr_assert_eq(run_int("INSERT albums title A year 1999"), 1);
+    cr_assert_eq(run_int("INSERT tracks title T1 song_url u1 album_id 1 "
+                         "popularity 50 genre_id 1"),
+                 1);
+    cr_assert_eq(run_int("INSERT tracks title T2 song_url u2 album_id 1"), 2);
+    cr_assert_eq(run_int("INSERT playlists title P user_id 1"), 1);
+    cr_assert_eq(run_int("INSERT playlist_tracks playlist_id 1 track_id 1"), 1);
+    cr_assert_eq(run_int("INSERT playlist_tracks playlist_id 1 track_id 1"), 2);
+    cr_assert_eq(run_int("INSERT playlist_followers playlist_id 1 follower_id "
+                         "2"),
+                 1);
+    cr_assert_eq(run_int("INSERT user_followers user_id 1 follower_id 2"), 1);
+    cr_assert_eq(run_int("INSERT user_followers user_id 2 follower_id 1"), 2);
+    cr_assert_eq(run_int("INSERT user_track_history user_id 1 track_id 1 "
+                         "listen_count 5"),
+                 1);
+    cr_assert_eq(run_int("INSERT user_track_history user_id 2 track_id 2 "
+                         "rating 1"),
+                 2);
+}
+
+Test(engine, insert_assigns_dense_increasing_ids)
+{
+    seed();
+    cr_assert_eq(run_int("INSERT artists name a"), 1);
+    cr_assert_eq(run_int("INSERT artists name b"), 2);
+    cr_assert_eq(run_int("DELETE artists 2"), 1);
+    cr_assert_eq(run_int("INSERT artists name c"), 3, "ids are never reused");
+}
+
+Test(engine, get_returns_row_in_schema_order_with_id_first)
+{
+    seed();
+    const char *t = run_text("GET albums 1");
+    cr_assert(strncmp(t, "[10] id 1 title A year 1999 created_at ", 39) == 0,
+              "%s", t);
+    cr_assert_not_null(strstr(t, "updated_at "));
+    cr_assert_str_eq(run_text("GET albums 99"), "nil ");
+    cr_assert_str_eq(run_text("GET albums 0"), "nil ");
+    cr_assert_str_eq(run_text("GET albums -5"), "nil ");
+}
+
+Test(engine, integers_accept_leading_zeros)
+{
+    seed();
+    cr_assert_eq(run_int("INSERT albums title B year 0002001"), 2);
+    cr_assert(strstr(run_text("GET albums 0000002"), "year 2001 ") != NULL);
+}
+
+Test(engine, missing_nullable_column_is_null_and_default_applies)
+{
+    seed();
+    const char *t = run_text("GET user_track_history 2");
+    cr_assert_not_null(strstr(t, "listen_count 0 rating 1 "), "%s", t);
+    t = run_text("GET tracks 2");
+    cr_assert_not_null(strstr(t, "popularity nil genre_id nil "), "%s", t);
+}
+
+Test(engine, datetime_is_accepted_and_rendered_as_iso8601)
+{
+    cr_assert_eq(run_int("INSERT artists name x created_at "
+                         "2026-11-25T04:07:32Z updated_at "
+                         "2026-11-25T04:07:32.5Z"),
+                 1);
+    const char *t = run_text("GET artists 1");
+    cr_assert_not_null(strstr(t, "created_at 2026-11-25T04:07:32.000000Z "
+                                 "updated_at 2026-11-25T04:07:32.500000Z"),
+                       "%s", t);
+    expect_error("INSERT artists name y created_at 2026-13-01T00:00:00Z",
+                 FM_ERR_TYPE);
+    expect_error("INSERT artists name y created_at 2026-02-29T00:00:00Z",
+                 FM_ERR_TYPE);
+    expect_error("INSERT artists name y created_at yesterday", FM_ERR_TYPE);
+    cr_assert_eq(run_int("COUNT artists WHERE created_at < "
+                         "2026-11-25T04:07:33Z"),
+                 1);
+}
+
+Test(engine, update_changes_columns_and_updated_at)
+{
+    seed();
+    cr_assert_eq(run_int("UPDATE albums 1 title B year NULL "
+                         "updated_at 2030-01-01T00:00:00Z"),
+                 1);
+    const char *t = run_text("GET albums 1");
+    cr_assert_not_null(strstr(t, "title B year nil "), "%s", t);
+    cr_assert_not_null(strstr(t, "updated_at 2030-01-01T00:00:00.000000Z"));
+    cr_assert_eq(run_int("UPDATE albums 42 title C"), 0);
+    cr_assert_eq(run_int("UPDATE albums 1 title C"), 1);
+    t = run_text("GET albums 1");
+    cr_assert_null(strstr(t, "2030-01-01"), "UPDATE sets updated_at: %s", t);
+}
+
+Test(engine, unique_violation_names_column_and_value_and_changes_nothing)
+{
+    seed();
+    expect_error("INSERT users username ann email new@x password_digest d "
+                 "session_token t",
+                 FM_ERR_UNIQUE);
+    cr_assert_not_null(strstr(run_text("INSERT users username ann email n@x "
+                                       "password_digest d session_token t"),
+                              "users.username 'ann' already exists (id 1)"),
+                       "%s", text);
+    expect_error("UPDATE users 2 email ann@x", FM_ERR_UNIQUE);
+    expect_error("INSERT user_followers user_id 1 follower_id 2",
+                 FM_ERR_UNIQUE);
+    expect_error("UPDATE user_followers 2 user_id 1 follower_id 2",
+                 FM_ERR_UNIQUE);
+    expect_error("INSERT genres id 1 name jazz", FM_ERR_UNIQUE);
+}
+
+Test(engine, not_null_type_check_and_foreign_key_errors)
+{
+    seed();
+    expect_error("INSERT users username x email y password_digest z",
+                 FM_ERR_NOTNULL);
+    expect_error("INSERT tracks title T song_url u9 album_id NULL",
+                 FM_ERR_NOTNULL);
+    expect_error("UPDATE tracks 1 album_id NULL", FM_ERR_NOTNULL);
+    expect_error("INSERT albums title B year 19x9", FM_ERR_TYPE);
+    expect_error("INSERT albums title B year 99999999999999999999",
+                 FM_ERR_TYPE);
+    expect_error("INSERT user_track_history user_id 1 track_id 2 rating 2",
+                 FM_ERR_CHECK);
+    expect_error("UPDATE user_track_history 1 rating -2", FM_ERR_CHECK);
+    expect_error("INSERT tracks title T song_url u9 album_id 7",
+                 FM_ERR_FOREIGNKEY);
+    expect_error("UPDATE tracks 1 genre_id 9", FM_ERR_FOREIGNKEY);
+    expect_error("INSERT playlists title Q user_id -1", FM_ERR_FOREIGNKEY);
+    cr_assert_not_null(strstr(run_text("INSERT tracks title T song_url u9 "
+                                       "album_id 7"),
+                              "tracks.album_id 7 references no row of albums"),
+                       "%s", text);
+}
+
+Test(engine, syntax_errors_name_what_is_wrong_and_change_nothing)
+{
+    seed();
+    expect_error("INSERT nosuch a 1", FM_ERR_SYNTAX);
+    expect_error("INSERT albums nosuch 1", FM_ERR_SYNTAX);
+    expect_error("INSERT albums title", FM_ERR_SYNTAX);
+    expect_error("INSERT albums title a title b", FM_ERR_SYNTAX);
+    expect_error("INSERT albums id 0 title a", FM_ERR_LIMIT);
+    expect_error("UPDATE albums 1 id 5", FM_ERR_SYNTAX);
+    expect_error("UPDATE albums x title a", FM_ERR_TYPE);
+    expect_error("UPDATE albums 1", FM_ERR_SYNTAX);
+    expect_error("FIND albums WHERE year", FM_ERR_SYNTAX);
+    expect_error("FIND albums WHERE year ~ 3", FM_ERR_SYNTAX);
+    expect_error("FIND albums WHERE year > NULL", FM_ERR_SYNTAX);
+    expect_error("FIND albums ORDER year", FM_ERR_SYNTAX);
+    expect_error("FIND albums ORDER BY nosuch", FM_ERR_SYNTAX);
+    expect_error("FIND albums LIMIT -1", FM_ERR_SYNTAX);
+    expect_error("FIND albums LIMIT 1 OFFSET", FM_ERR_SYNTAX);
+    expect_error("FIND albums extra", FM_ERR_SYNTAX);
+    expect_error("COUNT albums ORDER BY id", FM_ERR_SYNTAX);
+    expect_error("GET albums", FM_ERR_SYNTAX);
+    expect_error("GET albums 1 2", FM_ERR_SYNTAX);
+    expect_error("INCR albums 1 title 1", FM_ERR_TYPE);
+    expect_error("INCR albums 1 year x", FM_ERR_TYPE);
+    expect_error("INCR albums 1 year", FM_ERR_SYNTAX);
+    expect_error("UPSERT albums title a SET year 1", FM_ERR_SYNTAX);
+    expect_error("UPSERT genres name a SET", FM_ERR_SYNTAX);
+    expect_error("UPSERT genres name a SET name b", FM_ERR_SYNTAX);
+    expect_error("DELETE albums", FM_ERR_SYNTAX);
+    expect_error("DELETE albums 1 2", FM_ERR_SYNTAX);
+    expect_error("EXPLAIN GET albums 1", FM_ERR_SYNTAX);
+    expect_error("NOSUCHCOMMAND", FM_ERR_SYNTAX);
+    expect_error("TABLES x", FM_ERR_SYNTAX);
+    expect_error("SCHEMA nosuch", FM_ERR_SYNTAX);
+}
+
+Test(engine, string_over_64k_is_refused_with_limit)
+{
+    const uint8_t *argv[4];
+    size_t lens[4];
+    static uint8_t big[65537];
+    memset(big, 'a', sizeof(big));
+    argv[0] = (const uint8_t *)"INSERT";
+    lens[0] = 6;
+    argv[1] = (const uint8_t *)"artists";
+    lens[1] = 7;
+    argv[2] = (const uint8_t *)"name";
+    lens[2] = 4;
+    argv[3] = big;
+    lens[3] = sizeof(big);
+    fm_reply_reset(&reply);
+    cr_assert_eq(fm_engine_exec(db, 4, argv, lens, &reply), FM_ERR_LIMIT);
+    lens[3] = 65536;
+    fm_reply_reset(&reply);
+    cr_assert_eq(fm_engine_exec(db, 4, argv, lens, &reply), FM_OK);
+}
+
+Test(engine, strings_are_binary_safe)
+{
+    const uint8_t *argv[4] = {(const uint8_t *)"INSERT",
+                              (const uint8_t *)"genres",
+                              (const uint8_t *)"name",
+                              (const uint8_t *)"a\0b\r\n"};
+    size_t lens[4] = {6, 6, 4, 5};
+    fm_reply_reset(&reply);
+    cr_assert_eq(fm_engine_exec(db, 4, argv, lens, &reply), FM_OK);
+    fm_reply_reset(&reply);
+    cr_assert_eq(fm_engine_exec(db, 4, argv, lens, &reply), FM_ERR_UNIQUE);
+    lens[3] = 1; /* "a" differs from "a\0b\r\n" */
+    fm_reply_reset(&reply);
+    cr_assert_eq(fm_engine_exec(db, 4, argv, lens, &reply), FM_OK);
+}
+
+Test(engine, deleting_a_user_cascades_to_everything_that_is_theirs)
+{
+    seed();
+    cr_assert_eq(run_int("DELETE users 1"), 1 + 1 + 2 + 1 + 2 + 1,
+                 "user, playlist, 2 playlist tracks, playlist follower, 2 "
+                 "follows, 1 history row");
+    cr_assert_eq(run_int("COUNT playlists"), 0);
+    cr_assert_eq(run_int("COUNT playlist_tracks"), 0);
+    cr_assert_eq(run_int("COUNT playlist_followers"), 0);
+    cr_assert_eq(run_int("COUNT user_followers"), 0);
+    cr_assert_eq(run_int("COUNT user_track_history"), 1);
+    cr_assert_eq(run_int("COUNT users"), 1);
+}
+
+Test(engine, delete_restrict_refuses_and_changes_nothing)
+{
+    seed();
+    expect_error("DELETE albums 1", FM_ERR_FOREIGNKEY);
+    cr_assert_not_null(strstr(run_text("DELETE albums 1"),
+                              "albums 1 is referenced by tracks.album_id"),
+                       "%s", text);
+    cr_assert_eq(run_int("DELETE tracks 1"), 1 + 2 + 1);
+    cr_assert_eq(run_int("DELETE tracks 2"), 2);
+    cr_assert_eq(run_int("DELETE albums 1"), 1);
+}
+
+Test(engine, delete_set_null_clears_the_reference)
+{
+    seed();
+    cr_assert_eq(run_int("DELETE genres 1"), 1);
+    cr_assert_not_null(strstr(run_text("GET tracks 1"), "genre_id nil "));
+    cr_assert_eq(run_int("COUNT tracks WHERE genre_id = NULL"), 2);
+}
+
+Test(engine, delete_where_removes_by_pair)
+{
+    seed();
+    cr_assert_eq(run_int("DELETE user_followers WHERE user_id = 1 AND "
+                         "follower_id = 2"),
+                 1);
+    cr_assert_eq(run_int("DELETE user_followers WHERE user_id = 1 AND "
+                         "follower_id = 2"),
+                 0);
+    cr_assert_eq(run_int("DELETE playlist_tracks WHERE playlist_id = 1 AND "
+                         "track_id = 1"),
+                 2);
+    cr_assert_eq(run_int("DELETE users 99"), 0);
+}
+
+Test(engine, self_follow_is_deleted_once_through_two_cascades)
+{
+    seed();
+    cr_assert_eq(run_int("INSERT user_followers user_id 2 follower_id 2"), 3);
+    cr_assert_eq(run_int("DELETE users 2"), 1 + 3 + 1 + 1);
+}
+
+Test(engine, incr_adds_and_returns_the_new_value)
+{
+    seed();
+    cr_assert_eq(run_int("INCR user_track_history 1 listen_count 3"), 8);
+    cr_assert_eq(run_int("INCR user_track_history 1 listen_count -10"), -2);
+    cr_assert_eq(run_int("INCR albums 1 year 1"), 2000);
+    cr_assert_str_eq(run_text("INCR albums 9 year 1"), "nil ");
+    cr_assert_eq(run_int("UPDATE albums 1 year 9223372036854775807"), 1);
+    expect_error("INCR albums 1 year 1", FM_ERR_TYPE);
+}
+
+Test(engine, upsert_inserts_then_updates_by_unique_key)
+{
+    seed();
+    int64_t id = run_int("UPSERT user_track_history user_id 1 track_id 2 "
+                         "INCR listen_count 1");
+    cr_assert_eq(id, 3);
+    cr_assert_eq(run_int("UPSERT user_track_history track_id 2 user_id 1 "
+                         "INCR listen_count 4 SET rating -1"),
+                 3);
+    const char *t = run_text("GET user_track_history 3");
+    cr_assert_not_null(strstr(t, "listen_count 5 rating -1 "), "%s", t);
+    cr_assert_eq(run_int("UPSERT genres name rock"), 1);
+    cr_assert_eq(run_int("UPSERT genres name jazz"), 2);
+    expect_error("UPSERT user_track_history user_id 1 track_id 2 SET rating "
+                 "7",
+                 FM_ERR_CHECK);
+    expect_error("UPSERT user_track_history user_id 9 track_id 2",
+                 FM_ERR_FOREIGNKEY);
+    expect_error("UPSERT user_track_history user_id 1 SET rating 1",
+                 FM_ERR_SYNTAX);
+}
+
+Test(engine, find_filters_orders_and_pages)
+{
+    seed();
+    for (int i = 0; i < 20; i++) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "INSERT albums title t%02d year %d", i,
+                 2000 + (i * 7) % 10);
+        run_int(cmd);
+    }
+    cr_assert_eq(run_int("COUNT albums"), 21);
+    cr_assert_eq(run_int("COUNT albums WHERE year >= 2005"), 10);
+    cr_assert_eq(run_int("COUNT albums WHERE year >= 2005 AND year != 2009"),
+                 8);
+    run("FIND albums WHERE year > 2000 ORDER BY year DESC LIMIT 3 OFFSET 1");
+    render(&reply, text, sizeof(text));
+    /* years 2009 (ids 19, 9), 2008 (ids 16, 6): desc ties by id desc. */
+    cr_assert(strncmp(text, "[3] [10] id 9 title t07 year 2009 ", 34) == 0,
+              "%s", text);
+    cr_assert_not_null(strstr(text, "id 16 title t14 year 2008"), "%s", text);
+    run("FIND albums ORDER BY title LIMIT 2");
+    render(&reply, text, sizeof(text));
+    cr_assert(strncmp(text, "[2] [10] id 1 title A ", 22) == 0, "%s", text);
+    run("FIND albums WHERE title = t05");
+    render(&reply, text, sizeof(text));
+    cr_assert(strncmp(text, "[1] [10] id 7 title t05 year 2005 ", 34) == 0,
+              "%s", text);
+    cr_assert_str_eq(run_text("FIND albums LIMIT 0"), "[0] ");
+    cr_assert_str_eq(run_text("FIND albums WHERE id > 100"), "[0] ");
+    cr_assert_eq(run_int("COUNT albums WHERE id > 10 AND id <= 12"), 2);
+}
+
+Test(engine, find_on_a_foreign_key_returns_rows_in_id_order)
+{
+    seed();
+    run_int("INSERT playlist_tracks playlist_id 1 track_id 2");
+    run_int("INSERT playlist_tracks playlist_id 1 track_id 1");
+    run("FIND playlist_tracks WHERE playlist_id = 1");
+    render(&reply, text, sizeof(text));
+    const char *a = strstr(text, "id 1 ");
+    const char *b = strstr(text, "id 3 ");
+    const char *c = strstr(text, "id 4 ");
+    cr_assert(a && b && c && a < b && b < c, "%s", text);
+}
+
+Test(engine, explain_names_the_index_and_the_order_strategy)
+{
+    seed();
+    const char *t = run_text("EXPLAIN FIND user_track_history WHERE user_id "
+                             "= 1 ORDER BY listen_count DESC LIMIT 10");
+    cr_assert_not_null(strstr(t, "btree index "
+                                 "user_track_history_user_id_track_id_key"),
+                       "%s", t);
+    cr_assert_not_null(strstr(t, "top-k sort (k = 10)"), "%s", t);
+    t = run_text("EXPLAIN FIND users WHERE username = ann");
+    cr_assert_not_null(strstr(t, "hash index users_username_key"), "%s", t);
+    t = run_text("EXPLAIN FIND tracks WHERE popularity > 3");
+    cr_assert_not_null(strstr(t, "full scan"), "%s", t);
+    t = run_text("EXPLAIN FIND playlist_tracks WHERE playlist_id = 1");
+    cr_assert_not_null(strstr(t, "delivered by the access path"), "%s", t);
+    t = run_text("EXPLAIN COUNT users WHERE id = 1");
+    cr_assert_not_null(strstr(t, "id lookup"), "%s", t);
+    t = run_text("EXPLAIN DELETE user_followers WHERE follower_id = 2");
+    cr_assert_not_null(strstr(t, "user_followers_follower_id_idx"), "%s", t);
+}
+
+static fm_status run_multi(const char *const *cmds, size_t n)
+{
+    static const uint8_t *argvs[8][MAX_ARGS];
+    static size_t lens[8][MAX_ARGS];
+    static char copies[8][512];
+    struct fm_command c[8];
+    cr_assert_leq(n, 8);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(copies[i], sizeof(copies[i]), "%s", cmds[i]);
+        size_t argc = 0;
+        for (char *tok = strtok(copies[i], " "); tok != NULL;
+             tok = strtok(NULL, " ")) {
+            argvs[i][argc] = (const uint8_t *)tok;
+            lens[i][argc++] = strlen(tok);
+        }
+        c[i].argc = argc;
+        c[i].argv = argvs[i];
+        c[i].argv_len = lens[i];
+    }
+    fm_reply_reset(&reply);
+    return fm_engine_exec_multi(db, n, c, &reply);
+}
+
+Test(engine, multi_applies_all_commands_atomically)
+{
+    seed();
+    const char *ok[] = {"INSERT artists name a", "INSERT artists name b",
+                        "DELETE artists 1"};
+    cr_assert_eq(run_multi(ok, 3), FM_OK);
+    render(&reply, text, sizeof(text));
+    cr_assert_str_eq(text, "[3] 1 2 1 ");
+    char *before = dump();
+    const char *bad[] = {"INSERT artists name c", "DELETE users 1",
+                         "INSERT genres name rock", "INSERT artists name d"};
+    cr_assert_eq(run_multi(bad, 4), FM_ERR_UNIQUE);
+    render(&reply, text, sizeof(text));
+    cr_assert_not_null(strstr(text, "-EXECABORT transaction discarded: "
+                                    "command 3 failed: UNIQUE genres.name "
+                                    "'rock' already exists (id 1)"),
+                       "%s", text);
+    char *after = dump();
+    cr_assert_str_eq(before, after);
+    free(before);
+    free(after);
+    cr_assert_eq(run_int("INSERT artists name e"), 3,
+                 "a rolled-back insert gives its id back");
+}
+
+Test(engine, tables_schema_and_dbsize)
+{
+    seed();
+    run("TABLES");
+    render(&reply, text, sizeof(text));
+    cr_assert(strncmp(text, "[10] users artists albums genres tracks", 39) ==
+                  0,
+              "%s", text);
+    cr_assert_eq(run_int("DBSIZE"), 2 + 1 + 1 + 2 + 1 + 2 + 1 + 2 + 2);
+    const char *t = run_text("SCHEMA genres");
+    cr_assert(strncmp(t, "CREATE TABLE genres (", 21) == 0, "%s", t);
+    cr_assert_eq(run(" schema "), FM_OK, "names are case-insensitive");
+}
+
+Test(engine, stats_account_rows_and_index_memory)
+{
+    seed();
+    size_t n = fm_engine_table_count(db);
+    cr_assert_eq(n, 10);
+    struct fm_table_stats s;
+    fm_engine_table_stats(db, 0, &s);
+    cr_assert_str_eq(s.name, "users");
+    cr_assert_eq(s.n_rows, 2);
+    cr_assert_eq(s.next_id, 3);
+    cr_assert_gt(s.row_bytes, 0);
+    cr_assert_gt(s.index_bytes, 0);
+    cr_assert_eq(s.n_indexes, 3);
+    cr_assert_gt(fm_engine_memory_bytes(db), s.row_bytes);
+    cr_assert_eq(fm_engine_row_count(db), 14);
+}
+
+/* ---- schema language ------------------------------------------------------ */
+
+static fm_status open_schema(const char *ddl, struct fm_engine **out,
+                             struct fm_error *err)
+{
+    struct fm_engine_options o = {0};
+    o.schema_text = ddl;
+    o.schema_len = strlen(ddl);
+    return fm_engine_new(&o, out, err);
+}
+
+static void expect_ddl_error(const char *ddl, const char *want)
+{
+    struct fm_engine *e = NULL;
+    struct fm_error err = {0};
+    cr_assert_eq(open_schema(ddl, &e, &err), FM_ERR_SYNTAX, "%s", ddl);
+    cr_assert_null(e);
+    cr_assert_not_null(strstr(err.msg, want), "%s\ngot: %s", ddl, err.msg);
+}
+
+Test(engine, ddl_errors_give_line_and_column)
+{
+    expect_ddl_error("CREATE TABLE a (\n  x strin\n);", "line 2 column 5: "
+                                                     "unknown column type");
+    expect_ddl_error("CREATE TABLE a (x integer);\nCREATE TABLE a (y integer);",
+                     "line 2 column 14: table 'a' is declared twice");
+    expect_ddl_error("CREATE TABLE a (x integer, x string);",
+                     "column 'x' is declared twice");
+    expect_ddl_error("CREATE TABLE a (id integer);", "implicit");
+    expect_ddl_error("CREATE TABLE a (x integer REFERENCES b);",
+                     "references unknown table 'b'");
+    expect_ddl_error("CREATE TABLE a (x string REFERENCES a);",
+                     "must be integer");
+    expect_ddl_error("CREATE TABLE a (x integer NOT NULL REFERENCES a ON "
+                     "DELETE SET NULL);",
+                     "NOT NULL but its foreign key says ON DELETE SET NULL");
+    expect_ddl_error("CREATE TABLE a (x integer CHECK (x IN ('a')));",
+                     "expected a literal of type integer");
+    expect_ddl_error("CREATE TABLE a (x integer CHECK (y IN (1)));",
+                     "CHECK names column 'y'");
+    expect_ddl_error("CREATE TABLE a (x integer, UNIQUE (x, z));",
+                     "unknown column 'z'");
+    expect_ddl_error("CREATE TABLE a (x integer, UNIQUE (x, x));",
+                     "appears twice");
+    expect_ddl_error("CREATE TABLE a (x integer) ", "expected ';'");
+    expect_ddl_error("CREATE TABLE a (x integer NOT NULL DEFAULT NULL);",
+                     "NOT NULL with DEFAULT NULL");
+    expect_ddl_error("CREATE TABLE a (x string DEFAULT 'ab);",
+                     "unterminated string literal");
+    expect_ddl_error("CREATE TABLE a (x integer ON DELETE CASCADE);",
+                     "expected ')'");
+    expect_ddl_error("CREATE TABLE a (x integer REFERENCES a ON DELETE "
+                     "NOTHING);",
+                     "expected RESTRICT, CASCADE or SET NULL");
+    expect_ddl_error("CREATE TABLE a (x integer NULL NOT NULL);",
+                     "declared NULL and NOT NULL");
+    expect_ddl_error("", "no tables declared");
+    expect_ddl_error("CREATE TABLE a (x integer) @", "unexpected character");
+    expect_ddl_error("CREATE VIEW a;", "expected table");
+    expect_ddl_error("CREATE TABLE a (x integer, FOREIGN KEY (x, x) "
+                     "REFERENCES a);",
+                     "appears twice");
+    expect_ddl_error("CREATE TABLE a (x datetime DEFAULT 'noon');",
+                     "bad datetime literal");
+}
+
+Test(engine, custom_schema_with_defaults_checks_and_unique_nulls)
+{
+    struct fm_engine *e = NULL;
+    struct fm_error err = {0};
+    const char *ddl =
+        "-- a custom schema\n"
+        "create table tag (label string not null default 'none' unique,\n"
+        "  code integer null unique, kind string check (kind in ('a','b')),\n"
+        "  at datetime default '2020-01-01T00:00:00Z');\n";
+    cr_assert_eq(open_schema(ddl, &e, &err), FM_OK, "%s", err.msg);
+    fm_reply_reset(&reply);
+    cr_assert_eq(run_on(e, "INSERT tag kind a"), FM_OK);
+    cr_assert_eq(run_on(e, "INSERT tag label x"), FM_OK,
+                 "a missing nullable string is NULL, not a CHECK failure");
+    cr_assert_eq(run_on(e, "INSERT tag label y code NULL"), FM_OK,
+                 "NULLs do not collide in a UNIQUE column");
+    cr_assert_eq(run_on(e, "INSERT tag label z code 1"), FM_OK);
+    cr_assert_eq(run_on(e, "INSERT tag label w code 1"), FM_ERR_UNIQUE);
+    cr_assert_eq(run_on(e, "INSERT tag label w kind c"), FM_ERR_CHECK);
+    cr_assert_eq(run_on(e, "INSERT tag kind b"), FM_ERR_UNIQUE,
+                 "the default label 'none' is taken");
+    cr_assert_eq(run_on(e, "COUNT tag WHERE code = NULL"), FM_OK);
+    cr_assert_eq(first().i, 3);
+    cr_assert_eq(run_on(e, "GET tag 1"), FM_OK);
+    render(&reply, text, sizeof(text));
+    cr_assert_not_null(strstr(text, "label none code nil kind a at "
+                                    "2020-01-01T00:00:00.000000Z"),
+                       "%s", text);
+    fm_engine_free(e);
+}
+
+/* ---- allocation failure ------------------------------------------------------- */
+
+struct fail_at {
+    long countdown; /* fail when it reaches zero */
+    bool fired;
+};
+
+static bool fail_hook(void *ctx, size_t size)
+{
+    struct fail_at *f = ctx;
+    (void)size;
+    if (f->countdown-- == 0) {
+        f->fired = true;
+        return true;
+    }
+    return false;
+}
+
+Test(engine, every_allocation_failure_in_a_write_changes_nothing)
+{
+    static const char *const cmds[] = {
+        "INSERT users username u77 email e77 password_digest d "
+        "session_token s77",
+        "UPSERT user_track_history user_id 1 track_id 2 INCR listen_count 1",
+        "UPDATE users 2 username v77",
+        "DELETE users 1",
+    };
+    for (size_t c = 0; c < sizeof(cmds) / sizeof(cmds[0]); c++) {
+        for (long n = 0;; n++) {
+            teardown();
+            setup();
+            seed();
+            for (int i = 3; i < 40; i++) {
+                char cmd[256];
+                snprintf(cmd, sizeof(cmd),
+                         "INSERT users username u%d email e%d "
+                         "password_digest d session_token s%d",
+                         i, i, i);
+                run_int(cmd);
+            }
+            char *before = dump();
+            struct fail_at f = {n, false};
+            const char *cmd = cmds[c];
+            fm_set_alloc_fail_hook(fail_hook, &f);
+            fm_status st = run(cmd);
+            fm_set_alloc_fail_hook(NULL, NULL);
+            if (!f.fired) {
+                cr_assert_eq(st, FM_OK, "%s", cmd);
+                free(before);
+                break;
+            }
+            if (st != FM_OK) {
+                char *after = dump();
+                cr_assert_str_eq(before, after,
+                                 "%s with allocation %ld failing changed "
+                                 "data",
+                                 cmd, n);
+                free(after);
+            }
+            free(before);
+        }
+    }
+}
