@@ -55,8 +55,7 @@ const char *fm_status_name(fm_status st)
     return status_names[st];
 }
 
-fm_status fm_error_set(struct fm_error *err, fm_status st, const char *fmt,
-                       ...)
+fm_status fm_error_set(struct fm_error *err, fm_status st, const char *fmt, ...)
 {
     if (err == NULL)
         return st;

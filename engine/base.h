@@ -26,17 +26,17 @@
     X(ERR_SYNTAX, "ERR", "syntax error")                                       \
     X(ERR_NOTFOUND, "ERR", "not found")                                        \
     X(ERR_TYPE, "TYPE", "wrong type")                                          \
-    X(ERR_NOTNULL, "NOTNULL", "null value in a not null column")              \
+    X(ERR_NOTNULL, "NOTNULL", "null value in a not null column")               \
     X(ERR_UNIQUE, "UNIQUE", "duplicate key")                                   \
-    X(ERR_FOREIGNKEY, "FOREIGNKEY", "foreign key violation")                  \
-    X(ERR_CHECK, "CHECK", "check constraint violation")                       \
-    X(ERR_EXECABORT, "EXECABORT", "transaction discarded")                    \
-    X(ERR_NOAUTH, "NOAUTH", "authentication required")                        \
-    X(ERR_WRONGPASS, "WRONGPASS", "invalid password")                         \
-    X(ERR_OOM, "OOM", "command not allowed when used memory > maxmemory")     \
-    X(ERR_LIMIT, "LIMIT", "request over a size limit")                        \
+    X(ERR_FOREIGNKEY, "FOREIGNKEY", "foreign key violation")                   \
+    X(ERR_CHECK, "CHECK", "check constraint violation")                        \
+    X(ERR_EXECABORT, "EXECABORT", "transaction discarded")                     \
+    X(ERR_NOAUTH, "NOAUTH", "authentication required")                         \
+    X(ERR_WRONGPASS, "WRONGPASS", "invalid password")                          \
+    X(ERR_OOM, "OOM", "command not allowed when used memory > maxmemory")      \
+    X(ERR_LIMIT, "LIMIT", "request over a size limit")                         \
     X(ERR_READONLY, "READONLY", "the write-ahead log cannot be written")       \
-    X(ERR_NOPROTO, "NOPROTO", "unsupported protocol version")                 \
+    X(ERR_NOPROTO, "NOPROTO", "unsupported protocol version")                  \
     X(ERR_NOMEM, "OOM", "out of memory")                                       \
     X(ERR_IO, "ERR", "i/o error")                                              \
     X(ERR_CORRUPT, "ERR", "corrupt data")                                      \
@@ -67,7 +67,7 @@ const char *fm_status_name(fm_status st);
  */
 #define FM_ERROR_MSG_CAP 512
 struct fm_error {
-    fm_status st;              /* FM_OK when nothing failed */
+    fm_status st;               /* FM_OK when nothing failed */
     char msg[FM_ERROR_MSG_CAP]; /* NUL-terminated, lowercase, no period */
 };
 
@@ -76,8 +76,7 @@ struct fm_error {
  * returns st, so that a failure site can read "return fm_error_set(...)".
  * Long messages are cut at FM_ERROR_MSG_CAP - 1 bytes.
  */
-fm_status fm_error_set(struct fm_error *err, fm_status st, const char *fmt,
-                       ...)
+fm_status fm_error_set(struct fm_error *err, fm_status st, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
 #endif

@@ -98,8 +98,8 @@ static fm_status exec_in_txn(struct fm_engine *e, size_t argc,
     reply->buf.len = reply_len;
     reply->n_values = reply_n;
     reply->failed = false;
-    fm_reply_error(reply, st, e->err.st == st ? e->err.msg
-                                              : fm_status_message(st));
+    fm_reply_error(reply, st,
+                   e->err.st == st ? e->err.msg : fm_status_message(st));
     return st;
 }
 
@@ -171,9 +171,9 @@ void fm_engine_table_stats(const struct fm_engine *e, size_t i,
 
 size_t fm_engine_memory_bytes(const struct fm_engine *e)
 {
-    size_t n = sizeof(*e) + e->undo_cap * sizeof(struct fm_undo) +
-               e->key.cap + e->key2.cap + e->rec.cap + e->ids.cap +
-               e->sort.cap + e->strs.cap;
+    size_t n = sizeof(*e) + e->undo_cap * sizeof(struct fm_undo) + e->key.cap +
+               e->key2.cap + e->rec.cap + e->ids.cap + e->sort.cap +
+               e->strs.cap;
     for (size_t i = 0; i < e->schema.n_tables; i++)
         n += fm_table_row_bytes(&e->tables[i]) +
              fm_table_index_bytes(&e->tables[i]);

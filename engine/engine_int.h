@@ -48,13 +48,13 @@ struct fm_index {
 struct fm_table {
     struct fm_engine *engine;
     const struct fm_table_def *def;
-    size_t no;               /* table number in the schema */
-    uint8_t ***pages;        /* pages[id >> 12][id & 4095] -> record */
-    size_t n_pages;          /* length of pages[] */
-    uint64_t next_id;        /* id the next automatic insert gets */
+    size_t no;        /* table number in the schema */
+    uint8_t ***pages; /* pages[id >> 12][id & 4095] -> record */
+    size_t n_pages;   /* length of pages[] */
+    uint64_t next_id; /* id the next automatic insert gets */
     uint64_t n_rows;
-    size_t n_user_cols;      /* columns between id and created_at */
-    size_t bitmap_len;       /* bytes of the record's null bitmap */
+    size_t n_user_cols; /* columns between id and created_at */
+    size_t bitmap_len;  /* bytes of the record's null bitmap */
     struct fm_slab slab;
     size_t n_indexes;
     struct fm_index indexes[FM_MAX_INDEXES];
@@ -193,7 +193,7 @@ fm_status fm_query_exec(struct fm_engine *e, size_t argc,
                         struct fm_reply *reply);
 
 /* Appends the value in the form a reply carries (datetime as text). */
-void fm_reply_value(struct fm_engine *e, struct fm_reply *r,
-                    enum fm_type type, const struct fm_value *v);
+void fm_reply_value(struct fm_engine *e, struct fm_reply *r, enum fm_type type,
+                    const struct fm_value *v);
 
 #endif /* FM_ENGINE_INT_H */

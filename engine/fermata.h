@@ -144,7 +144,7 @@ uint64_t fm_engine_row_count(const struct fm_engine *e);
 
 /* Per-table figures for INFO memory and keyspace. */
 struct fm_table_stats {
-    const char *name;   /* borrowed from the engine */
+    const char *name; /* borrowed from the engine */
     uint64_t n_rows;
     uint64_t next_id;   /* the id the next insert gets */
     size_t row_bytes;   /* row storage and the id map */

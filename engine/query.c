@@ -66,20 +66,21 @@ enum plan_kind { P_EMPTY, P_ID, P_ID_RANGE, P_HASH, P_BTREE };
 
 struct plan {
     enum plan_kind kind;
-    int ix;          /* P_HASH, P_BTREE */
-    size_t n_eq;     /* leading index columns fixed by equality */
-    int range_col;   /* column ranged after them, or -1 */
-    bool ordered;    /* rows come in the requested order */
-    bool reverse;    /* walk the path backwards */
-    uint64_t id_lo;  /* P_ID, P_ID_RANGE: inclusive bounds */
+    int ix;         /* P_HASH, P_BTREE */
+    size_t n_eq;    /* leading index columns fixed by equality */
+    int range_col;  /* column ranged after them, or -1 */
+    bool ordered;   /* rows come in the requested order */
+    bool reverse;   /* walk the path backwards */
+    uint64_t id_lo; /* P_ID, P_ID_RANGE: inclusive bounds */
     uint64_t id_hi;
-    bool has_lo;     /* P_BTREE bounds, in e->key and e->key2 */
+    bool has_lo; /* P_BTREE bounds, in e->key and e->key2 */
     bool lo_incl;
     bool has_hi;
     bool hi_incl;
 };
 
-/* ---- small helpers --------------------------------------------------------- */
+/* ---- small helpers ---------------------------------------------------------
+ */
 
 static bool word_is(const uint8_t *p, size_t len, const char *kw)
 {
@@ -256,7 +257,8 @@ static void reply_row(struct fm_engine *e, struct fm_reply *r,
     }
 }
 
-/* ---- WHERE / ORDER BY / LIMIT ------------------------------------------------ */
+/* ---- WHERE / ORDER BY / LIMIT
+ * ------------------------------------------------ */
 
 static bool parse_op(const uint8_t *p, size_t len, enum op *out)
 {
@@ -285,8 +287,8 @@ static fm_status parse_count(struct fm_engine *e, const uint8_t *p, size_t len,
         char q[96];
         fm_format_value(q, sizeof(q), p, len);
         return fm_error_set(&e->err, FM_ERR_SYNTAX,
-                            "%s expects a non-negative integer, got '%s'",
-                            what, q);
+                            "%s expects a non-negative integer, got '%s'", what,
+                            q);
     }
     *out = (uint64_t)v;
     return FM_OK;
@@ -372,7 +374,8 @@ static fm_status parse_clauses(struct fm_engine *e, struct query *q,
     return FM_OK;
 }
 
-/* ---- planning ------------------------------------------------------------------ */
+/* ---- planning
+ * ------------------------------------------------------------------ */
 
 /* The equality term on column col with a non-NULL value, or NULL. */
 static const struct cond *eq_cond(const struct query *q, int col,
@@ -445,8 +448,7 @@ static int effective_order_col(const struct query *q)
     return q->order_col < 0 ? FM_COL_ID : q->order_col;
 }
 
-static void plan_btree(const struct query *q, int ix_no,
-                       struct candidate *best)
+static void plan_btree(const struct query *q, int ix_no, struct candidate *best)
 {
     const struct fm_index *ix = &q->t->indexes[ix_no];
     const struct fm_index_def *d = ix->def;
@@ -550,8 +552,7 @@ static fm_status build_prefix(struct fm_engine *e, const struct query *q,
         int col = ix->def->cols[k];
         const struct cond *c = eq_cond(q, col, !ix->def->unique);
         FM_ASSERT(c != NULL);
-        fm_status st =
-            fm_key_append(b, q->t->def->cols[col].type, &c->v);
+        fm_status st = fm_key_append(b, q->t->def->cols[col].type, &c->v);
         if (st != FM_OK)
             return st;
     }
@@ -675,7 +676,8 @@ static fm_status run_plan(struct fm_engine *e, const struct query *q,
     return FM_OK;
 }
 
-/* ---- sorting ------------------------------------------------------------------- */
+/* ---- sorting
+ * ------------------------------------------------------------------- */
 
 struct sort_entry {
     uint64_t id;
@@ -689,7 +691,7 @@ struct sorter {
     bool is_string;
     bool desc;
     int col;
-    size_t cap;   /* top-k bound, or SIZE_MAX for all */
+    size_t cap; /* top-k bound, or SIZE_MAX for all */
     size_t n;
     bool failed;
 };
@@ -791,7 +793,8 @@ static int qsort_cmp(const void *a, const void *b)
     return entry_cmp(qsort_ctx, a, b);
 }
 
-/* ---- FIND, COUNT, DELETE WHERE, EXPLAIN ---------------------------------------- */
+/* ---- FIND, COUNT, DELETE WHERE, EXPLAIN
+ * ---------------------------------------- */
 
 struct emit_ctx {
     struct fm_reply *reply;
@@ -988,10 +991,12 @@ static fm_status exec_explain(struct fm_engine *e, const struct query *q,
     case P_HASH:
     case P_BTREE: {
         const struct fm_index_def *x = q->t->indexes[p.ix].def;
-        fm_buf_printf(b, "access: %s index %s (%s%s)", 
+        fm_buf_printf(b, "access: %s index %s (%s%s)",
                       p.kind == P_HASH ? "hash" : "btree", x->name,
-                      x->unique ? "unique, " : "", p.kind == P_HASH ? "lookup"
-                      : p.reverse ? "backwards" : "forwards");
+                      x->unique ? "unique, " : "",
+                      p.kind == P_HASH ? "lookup"
+                      : p.reverse      ? "backwards"
+                                       : "forwards");
         if (p.n_eq > 0) {
             fm_buf_printf(b, ", equality on");
             for (size_t k = 0; k < p.n_eq; k++)
@@ -1033,7 +1038,8 @@ static fm_status exec_explain(struct fm_engine *e, const struct query *q,
     return FM_OK;
 }
 
-/* ---- write commands ------------------------------------------------------------ */
+/* ---- write commands
+ * ------------------------------------------------------------ */
 
 /* Fills row with the defaults of t: DEFAULT values, else NULL; timestamps
  * now. */
@@ -1129,8 +1135,8 @@ static fm_status exec_get(struct fm_engine *e, struct fm_table *t,
     fm_status st = parse_id(e, t, p, len, &id);
     if (st != FM_OK)
         return st;
-    const uint8_t *rec = id_in_range(id) ? fm_table_record(t, (uint64_t)id)
-                                         : NULL;
+    const uint8_t *rec =
+        id_in_range(id) ? fm_table_record(t, (uint64_t)id) : NULL;
     if (rec == NULL) {
         fm_reply_nil(reply);
         return FM_OK;
@@ -1144,8 +1150,8 @@ static fm_status exec_get(struct fm_engine *e, struct fm_table *t,
 /* Loads row id of t into row; false when there is none. */
 static bool load_row(struct fm_table *t, int64_t id, struct fm_row *row)
 {
-    const uint8_t *rec = id_in_range(id) ? fm_table_record(t, (uint64_t)id)
-                                         : NULL;
+    const uint8_t *rec =
+        id_in_range(id) ? fm_table_record(t, (uint64_t)id) : NULL;
     if (rec == NULL)
         return false;
     fm_table_decode(t, (uint64_t)id, rec, row);
@@ -1161,8 +1167,7 @@ static uint64_t changed_columns(const struct fm_table *t,
         const struct fm_value *x = &a->v[c];
         const struct fm_value *y = &b->v[c];
         bool same = x->is_null == y->is_null &&
-                    (x->is_null ||
-                     value_cmp(t->def->cols[c].type, x, y) == 0);
+                    (x->is_null || value_cmp(t->def->cols[c].type, x, y) == 0);
         if (!same)
             m |= (uint64_t)1 << c;
     }
@@ -1261,9 +1266,9 @@ static fm_status add_delta(struct fm_engine *e, const struct fm_table *t,
     return FM_OK;
 }
 
-static fm_status exec_incr(struct fm_engine *e, struct fm_table *t,
-                           size_t argc, const uint8_t *const *argv,
-                           const size_t *len, struct fm_reply *reply)
+static fm_status exec_incr(struct fm_engine *e, struct fm_table *t, size_t argc,
+                           const uint8_t *const *argv, const size_t *len,
+                           struct fm_reply *reply)
 {
     if (argc != 5)
         return fm_error_set(&e->err, FM_ERR_SYNTAX,
@@ -1438,14 +1443,16 @@ static fm_status exec_delete(struct fm_engine *e, struct fm_table *t,
         return exec_delete_where(e, &q, reply);
     }
     if (argc != 3)
-        return fm_error_set(&e->err, FM_ERR_SYNTAX,
-                            "usage: DELETE table id, or DELETE table WHERE ...");
+        return fm_error_set(
+            &e->err, FM_ERR_SYNTAX,
+            "usage: DELETE table id, or DELETE table WHERE ...");
     int64_t id;
     fm_status st = parse_id(e, t, argv[2], len[2], &id);
     if (st != FM_OK)
         return st;
     uint64_t n = 0;
-    if (id_in_range(id) && (st = fm_txn_delete(e, t, (uint64_t)id, &n)) != FM_OK)
+    if (id_in_range(id) &&
+        (st = fm_txn_delete(e, t, (uint64_t)id, &n)) != FM_OK)
         return st;
     fm_reply_int(reply, (int64_t)n);
     return FM_OK;
@@ -1469,7 +1476,8 @@ static fm_status exec_schema(struct fm_engine *e, size_t argc,
     return FM_OK;
 }
 
-/* ---- dispatch ------------------------------------------------------------------ */
+/* ---- dispatch
+ * ------------------------------------------------------------------ */
 
 enum cmd {
     C_INSERT,
@@ -1491,12 +1499,12 @@ static const struct {
     size_t min_args; /* argc including the name */
     bool write;
 } cmds[] = {
-    [C_INSERT] = {"INSERT", 2, true},  [C_GET] = {"GET", 3, false},
-    [C_FIND] = {"FIND", 2, false},     [C_COUNT] = {"COUNT", 2, false},
+    [C_INSERT] = {"INSERT", 2, true},    [C_GET] = {"GET", 3, false},
+    [C_FIND] = {"FIND", 2, false},       [C_COUNT] = {"COUNT", 2, false},
     [C_EXPLAIN] = {"EXPLAIN", 3, false}, [C_UPDATE] = {"UPDATE", 3, true},
-    [C_INCR] = {"INCR", 2, true},      [C_UPSERT] = {"UPSERT", 2, true},
-    [C_DELETE] = {"DELETE", 3, true},  [C_TABLES] = {"TABLES", 1, false},
-    [C_SCHEMA] = {"SCHEMA", 1, false}, [C_DBSIZE] = {"DBSIZE", 1, false},
+    [C_INCR] = {"INCR", 2, true},        [C_UPSERT] = {"UPSERT", 2, true},
+    [C_DELETE] = {"DELETE", 3, true},    [C_TABLES] = {"TABLES", 1, false},
+    [C_SCHEMA] = {"SCHEMA", 1, false},   [C_DBSIZE] = {"DBSIZE", 1, false},
 };
 
 static int command_of(const uint8_t *name, size_t len)

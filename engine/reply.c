@@ -87,8 +87,8 @@ void fm_reply_int(struct fm_reply *r, int64_t v)
     fm_store_le64(p + HDR_SIZE, (uint64_t)v);
 }
 
-static void put_bytes(struct fm_reply *r, enum fm_reply_type type,
-                      fm_status st, const void *s, size_t len)
+static void put_bytes(struct fm_reply *r, enum fm_reply_type type, fm_status st,
+                      const void *s, size_t len)
 {
     uint8_t *p = reserve(r, len);
     if (p == NULL)

@@ -145,8 +145,9 @@ static fm_status fail(struct parser *ps, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    return fm_error_set(ps->err, FM_ERR_SYNTAX, "schema line %zu column %zu: %s",
-                        ps->tok.line, ps->tok.col, msg);
+    return fm_error_set(ps->err, FM_ERR_SYNTAX,
+                        "schema line %zu column %zu: %s", ps->tok.line,
+                        ps->tok.col, msg);
 }
 
 static void skip_space(struct parser *ps)
@@ -184,8 +185,9 @@ static fm_status next(struct parser *ps)
     }
     char c = ps->text[ps->pos];
     if (isalpha((unsigned char)c) || c == '_') {
-        while (ps->pos < ps->len && (isalnum((unsigned char)ps->text[ps->pos]) ||
-                                     ps->text[ps->pos] == '_'))
+        while (ps->pos < ps->len &&
+               (isalnum((unsigned char)ps->text[ps->pos]) ||
+                ps->text[ps->pos] == '_'))
             ps->pos++;
         t->kind = TOK_WORD;
     } else if (isdigit((unsigned char)c) ||
@@ -278,8 +280,8 @@ static fm_status expect_punct(struct parser *ps, char c)
 static bool is_reserved(const struct parser *ps)
 {
     static const char *const words[] = {
-        "create", "table",   "not",     "null",   "default", "unique",
-        "index",  "foreign", "key",     "check",  "in",      "references",
+        "create", "table",   "not",      "null",    "default", "unique",
+        "index",  "foreign", "key",      "check",   "in",      "references",
         "on",     "delete",  "restrict", "cascade", "set",
     };
     for (size_t i = 0; i < FM_ARRAY_LEN(words); i++) {
@@ -593,7 +595,8 @@ static fm_status parse_table_element(struct parser *ps, size_t table_no,
         return add_index(ps, t, cols, n, unique);
     }
     if (is_word(ps, "foreign")) {
-        if ((st = next(ps)) != FM_OK || (st = expect_word(ps, "key")) != FM_OK ||
+        if ((st = next(ps)) != FM_OK ||
+            (st = expect_word(ps, "key")) != FM_OK ||
             (st = parse_name_list(ps, t, cols, &n)) != FM_OK)
             return st;
         if (n != 1)
@@ -785,7 +788,8 @@ fm_status fm_schema_parse(const char *text, size_t len, struct fm_schema *out,
         st = fm_error_set(err, FM_ERR_SYNTAX, "schema: no tables declared");
         goto fail;
     }
-    if ((st = resolve_foreign_keys(ps)) != FM_OK || (st = validate(ps)) != FM_OK)
+    if ((st = resolve_foreign_keys(ps)) != FM_OK ||
+        (st = validate(ps)) != FM_OK)
         goto fail;
     fm_free(ps);
     *out = s;

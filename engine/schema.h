@@ -10,13 +10,13 @@
 
 #include "engine/base.h"
 
-#define FM_NAME_CAP        64 /* identifier bytes, NUL included */
-#define FM_MAX_COLUMNS     64 /* per table, implicit columns included */
-#define FM_MAX_TABLES      64
-#define FM_MAX_INDEXES     16 /* per table */
-#define FM_INDEX_MAX_COLS  8
+#define FM_NAME_CAP         64 /* identifier bytes, NUL included */
+#define FM_MAX_COLUMNS      64 /* per table, implicit columns included */
+#define FM_MAX_TABLES       64
+#define FM_MAX_INDEXES      16 /* per table */
+#define FM_INDEX_MAX_COLS   8
 #define FM_MAX_CHECK_VALUES 64
-#define FM_STRING_MAX      65536 /* bytes in one string value (SPEC 1) */
+#define FM_STRING_MAX       65536 /* bytes in one string value (SPEC 1) */
 
 enum fm_type {
     FM_TYPE_INTEGER = 1,
@@ -33,8 +33,8 @@ enum fm_fk_action {
 /* A literal in the schema (DEFAULT, CHECK ... IN). */
 struct fm_literal {
     bool is_null;
-    int64_t i;     /* integer and datetime */
-    char *str;     /* string bytes, owned by the schema */
+    int64_t i; /* integer and datetime */
+    char *str; /* string bytes, owned by the schema */
     size_t len;
 };
 

@@ -115,7 +115,8 @@ static void slab_fini(struct fm_slab *s)
     memset(s, 0, sizeof(*s));
 }
 
-/* ---- records -------------------------------------------------------------- */
+/* ---- records --------------------------------------------------------------
+ */
 
 static size_t record_size(const uint8_t *rec)
 {
@@ -412,7 +413,8 @@ void fm_table_index_remove(struct fm_table *t, const struct fm_row *row,
     }
 }
 
-/* ---- lifecycle and accounting --------------------------------------------- */
+/* ---- lifecycle and accounting ---------------------------------------------
+ */
 
 fm_status fm_table_init(struct fm_table *t, struct fm_engine *e, size_t no)
 {

@@ -142,7 +142,8 @@ void fm_txn_rollback_to(struct fm_engine *e, size_t savepoint)
     }
 }
 
-/* ---- constraint checks ---------------------------------------------------- */
+/* ---- constraint checks ----------------------------------------------------
+ */
 
 static void quote_value(const struct fm_table *t, size_t col,
                         const struct fm_value *v, char *out, size_t cap)
@@ -177,8 +178,8 @@ fm_status fm_check_value(struct fm_engine *e, const struct fm_table *t,
     if (v->is_null) {
         if (!c->not_null)
             return FM_OK;
-        return fm_error_set(&e->err, FM_ERR_NOTNULL,
-                            "%s.%s may not be null", t->def->name, c->name);
+        return fm_error_set(&e->err, FM_ERR_NOTNULL, "%s.%s may not be null",
+                            t->def->name, c->name);
     }
     if (c->check == NULL)
         return FM_OK;
@@ -249,16 +250,14 @@ static fm_status unique_error(struct fm_engine *e, struct fm_table *t, int ix,
         found = x->h != NULL ? fm_hash_find(x->h, kb->data, kb->len, &other)
                              : fm_btree_find(x->bt, kb->data, kb->len, &other);
     if (x->def->n_cols == 1)
-        return fm_error_set(&e->err, FM_ERR_UNIQUE,
-                            "%s.%s %s already exists%s%.0llu%s", t->def->name,
-                            cols, vals, found ? " (id " : "",
-                            found ? (unsigned long long)other : 0ULL,
-                            found ? ")" : "");
-    return fm_error_set(&e->err, FM_ERR_UNIQUE,
-                        "%s (%s) (%s) already exists%s%.0llu%s", t->def->name,
-                        cols, vals, found ? " (id " : "",
-                        found ? (unsigned long long)other : 0ULL,
-                        found ? ")" : "");
+        return fm_error_set(
+            &e->err, FM_ERR_UNIQUE, "%s.%s %s already exists%s%.0llu%s",
+            t->def->name, cols, vals, found ? " (id " : "",
+            found ? (unsigned long long)other : 0ULL, found ? ")" : "");
+    return fm_error_set(
+        &e->err, FM_ERR_UNIQUE, "%s (%s) (%s) already exists%s%.0llu%s",
+        t->def->name, cols, vals, found ? " (id " : "",
+        found ? (unsigned long long)other : 0ULL, found ? ")" : "");
 }
 
 static fm_status nomem(struct fm_engine *e)
@@ -266,7 +265,8 @@ static fm_status nomem(struct fm_engine *e)
     return fm_error_set(&e->err, FM_ERR_NOMEM, "out of memory");
 }
 
-/* ---- insert ----------------------------------------------------------------- */
+/* ---- insert -----------------------------------------------------------------
+ */
 
 fm_status fm_txn_insert(struct fm_engine *e, struct fm_table *t,
                         struct fm_row *row, uint64_t *id_out)
@@ -327,7 +327,8 @@ fm_status fm_txn_insert(struct fm_engine *e, struct fm_table *t,
     return FM_OK;
 }
 
-/* ---- update ----------------------------------------------------------------- */
+/* ---- update -----------------------------------------------------------------
+ */
 
 /* Indexes whose key includes a column in changed_mask. */
 static uint32_t indexes_touching(const struct fm_table *t, uint64_t changed)
@@ -390,7 +391,8 @@ fm_status fm_txn_update(struct fm_engine *e, struct fm_table *t,
     return FM_OK;
 }
 
-/* ---- delete ----------------------------------------------------------------- */
+/* ---- delete -----------------------------------------------------------------
+ */
 
 static size_t ids_count(const struct fm_engine *e)
 {

@@ -105,8 +105,7 @@ static bool is_leap(int64_t y)
 
 bool fm_parse_datetime(const uint8_t *p, size_t len, int64_t *out)
 {
-    static const int mdays[] = {31, 28, 31, 30, 31, 30,
-                                31, 31, 30, 31, 30, 31};
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     int64_t y, mo, d, h, mi, s, frac = 0;
     /* "YYYY-MM-DDTHH:MM:SS" is 19 bytes, then [.f{1,6}] and "Z". */
     if (len < 20 || p[len - 1] != 'Z')

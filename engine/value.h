@@ -14,8 +14,8 @@
 /* A value borrowed from a row, a request or a schema. */
 struct fm_value {
     bool is_null;
-    int64_t i;         /* integer or datetime */
-    const uint8_t *s;  /* string bytes, borrowed */
+    int64_t i;        /* integer or datetime */
+    const uint8_t *s; /* string bytes, borrowed */
     size_t len;
 };
 

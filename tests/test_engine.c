@@ -87,8 +87,8 @@ static int64_t run_int(const char *cmd)
 {
     fm_status st = run(cmd);
     struct fm_reply_value v = first();
-    cr_assert_eq(st, FM_OK, "%s: %s %.*s", cmd, fm_status_code(st),
-                 (int)v.len, (const char *)v.str);
+    cr_assert_eq(st, FM_OK, "%s: %s %.*s", cmd, fm_status_code(st), (int)v.len,
+                 (const char *)v.str);
     cr_assert_eq(v.type, FM_REPLY_INT, "%s: reply type %d", cmd, v.type);
     return v.i;
 }
@@ -138,11 +138,16 @@ static const char *run_text(const char *cmd)
 /* Every row of every table, as text. */
 static char *dump(void)
 {
-    static const char *const tables[] = {
-        "users",           "artists",         "albums",
-        "genres",          "tracks",          "playlists",
-        "user_followers",  "playlist_tracks", "playlist_followers",
-        "user_track_history"};
+    static const char *const tables[] = {"users",
+                                         "artists",
+                                         "albums",
+                                         "genres",
+                                         "tracks",
+                                         "playlists",
+                                         "user_followers",
+                                         "playlist_tracks",
+                                         "playlist_followers",
+                                         "user_track_history"};
     size_t cap = 1 << 20;
     char *out = malloc(cap);
     size_t o = 0;
@@ -175,12 +180,14 @@ static void expect_error(const char *cmd, fm_status want)
 
 static void seed(void)
 {
-    cr_assert_eq(run_int("INSERT users username ann email ann@x password_digest "
-                         "d1 session_token t1"),
-                 1);
-    cr_assert_eq(run_int("INSERT users username bob email bob@x password_digest "
-                         "d2 session_token t1"),
-                 2);
+    cr_assert_eq(
+        run_int("INSERT users username ann email ann@x password_digest "
+                "d1 session_token t1"),
+        1);
+    cr_assert_eq(
+        run_int("INSERT users username bob email bob@x password_digest "
+                "d2 session_token t1"),
+        2);
     cr_assert_eq(run_int("INSERT genres name rock"), 1);
     cr_assert_eq(run_int("INSERT albums title A year 1999"), 1);
     cr_assert_eq(run_int("INSERT tracks title T1 song_url u1 album_id 1 "
@@ -376,10 +383,9 @@ Test(engine, string_over_64k_is_refused_with_limit)
 
 Test(engine, strings_are_binary_safe)
 {
-    const uint8_t *argv[4] = {(const uint8_t *)"INSERT",
-                              (const uint8_t *)"genres",
-                              (const uint8_t *)"name",
-                              (const uint8_t *)"a\0b\r\n"};
+    const uint8_t *argv[4] = {
+        (const uint8_t *)"INSERT", (const uint8_t *)"genres",
+        (const uint8_t *)"name", (const uint8_t *)"a\0b\r\n"};
     size_t lens[4] = {6, 6, 4, 5};
     fm_reply_reset(&reply);
     cr_assert_eq(fm_engine_exec(db, 4, argv, lens, &reply), FM_OK);
@@ -597,8 +603,7 @@ Test(engine, tables_schema_and_dbsize)
     seed();
     run("TABLES");
     render(&reply, text, sizeof(text));
-    cr_assert(strncmp(text, "[10] users artists albums genres tracks", 39) ==
-                  0,
+    cr_assert(strncmp(text, "[10] users artists albums genres tracks", 39) == 0,
               "%s", text);
     cr_assert_eq(run_int("DBSIZE"), 2 + 1 + 1 + 2 + 1 + 2 + 1 + 2 + 2);
     const char *t = run_text("SCHEMA genres");
@@ -623,7 +628,8 @@ Test(engine, stats_account_rows_and_index_memory)
     cr_assert_eq(fm_engine_row_count(db), 14);
 }
 
-/* ---- schema language ------------------------------------------------------ */
+/* ---- schema language ------------------------------------------------------
+ */
 
 static fm_status open_schema(const char *ddl, struct fm_engine **out,
                              struct fm_error *err)
@@ -646,7 +652,7 @@ static void expect_ddl_error(const char *ddl, const char *want)
 Test(engine, ddl_errors_give_line_and_column)
 {
     expect_ddl_error("CREATE TABLE a (\n  x strin\n);", "line 2 column 5: "
-                                                     "unknown column type");
+                                                        "unknown column type");
     expect_ddl_error("CREATE TABLE a (x integer);\nCREATE TABLE a (y integer);",
                      "line 2 column 14: table 'a' is declared twice");
     expect_ddl_error("CREATE TABLE a (x integer, x string);",
@@ -720,7 +726,8 @@ Test(engine, custom_schema_with_defaults_checks_and_unique_nulls)
     fm_engine_free(e);
 }
 
-/* ---- allocation failure ------------------------------------------------------- */
+/* ---- allocation failure
+ * ------------------------------------------------------- */
 
 struct fail_at {
     long countdown; /* fail when it reaches zero */
