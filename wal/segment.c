@@ -1,0 +1,292 @@
+/*
+ * segment.c: the format of a log segment and the one record scanner.
+ *
+ * A log is a sequence of segment files in one directory. A segment is named
+ * by the LSN of its first record as 16 lowercase hex digits plus ".wal"
+ * (0000000000000001.wal), so that names sort in log order. It is a header
+ * followed by records, back to back, with no padding and no trailer; the
+ * file ends where the last record ends.
+ *
+ * Segment header (n = schema length, all integers little-endian):
+ *
+ *   offset  size  field
+ *   0       8     magic "FMWALSEG"
+ *   8       4     format version, 1
+ *   12      4     n, the schema text length (at most FM_WAL_SCHEMA_MAX)
+ *   16      8     LSN of the first record (equals the file name)
+ *   24      8     creation time, microseconds since the Unix epoch
+ *   32      n     schema text, opaque bytes from the engine
+ *   32+n    8     XXH3-64 of bytes [0, 32+n)
+ *
+ * Record (records start at 40+n; m = payload length):
+ *
+ *   offset  size  field
+ *   0       4     magic 0x31524d46 ("FMR1")
+ *   4       4     m (at most FM_WAL_PAYLOAD_MAX)
+ *   8       8     LSN
+ *   16      8     checksum = XXH3_64bits_withSeed(payload, m,
+ *                                                 XXH3_64bits(bytes [0,16)))
+ *   24      m     payload, opaque bytes from the engine
+ *
+ * The checksum covers every byte of the record except itself: the header
+ * hash seeds the payload hash. A record is *good* when its magic matches,
+ * m fits in the file, and the checksum matches. Records carry LSNs that
+ * grow by exactly one, within a segment and across segments (the first LSN
+ * of a segment is the last LSN of the previous one plus one). A segment is
+ * created under a temporary name (.wal.tmp), its header written and fsynced
+ * and then renamed, so a segment that exists always has a whole header;
+ * the previous segment is fdatasynced before the new one is used, under
+ * every policy, so only the last segment can end in a partial write.
+ *
+ * Recovery rule (SPEC section 4), applied by fm_wal_cursor_next: at the
+ * first bad byte position p, look for a good record with an acceptable LSN
+ * (>= the one expected) at any later offset (a byte-by-byte resync, cheap
+ * because candidates must start with the magic). If there is one, p is
+ * corruption: fail with FM_ERR_CORRUPT naming file and offset, or with
+ * force_recovery skip to it and count the region. If there is none and this
+ * is the last segment, [p, end) is a torn tail: the caller cuts it and
+ * reports the byte count. In an earlier segment it is corruption. A good
+ * record with the wrong LSN is corruption (a write cannot tear into a valid
+ * checksum); force_recovery accepts a forward jump and drops a backward one.
+ *
+ * A bit flip inside the last record looks exactly like a torn write and is
+ * cut as one: the log can only promise that a damaged record is never
+ * loaded, not that it can always tell damage from a crash.
+ *
+ * Not done here: no preallocation (the file grows with each write; a
+ * zero-filled tail would simply be a torn tail), no compression, no
+ * knowledge of what a payload means.
+ */
+#include "wal/wal_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <xxhash.h>
+
+void fm_wal_segment_name(char out[FM_SEG_NAME_CAP], uint64_t first_lsn)
+{
+    snprintf(out, FM_SEG_NAME_CAP, "%016" PRIx64 ".wal", first_lsn);
+}
+
+size_t fm_wal_segment_header_len(size_t schema_len)
+{
+    return FM_SEG_FIXED + schema_len + FM_SEG_SUM_LEN;
+}
+
+void fm_wal_segment_header_encode(uint8_t *out, uint64_t first_lsn,
+                                  const uint8_t *schema, size_t schema_len,
+                                  int64_t created_us)
+{
+    FM_ASSERT(schema_len <= FM_WAL_SCHEMA_MAX);
+    memcpy(out + FM_SEG_OFF_MAGIC, FM_SEG_MAGIC, FM_SEG_MAGIC_LEN);
+    fm_store_le32(out + FM_SEG_OFF_VERSION, FM_SEG_VERSION);
+    fm_store_le32(out + FM_SEG_OFF_SCHEMA_LEN, (uint32_t)schema_len);
+    fm_store_le64(out + FM_SEG_OFF_FIRST_LSN, first_lsn);
+    fm_store_le64(out + FM_SEG_OFF_CREATED, (uint64_t)created_us);
+    if (schema_len > 0)
+        memcpy(out + FM_SEG_FIXED, schema, schema_len);
+    uint64_t sum = XXH3_64bits(out, FM_SEG_FIXED + schema_len);
+    fm_store_le64(out + FM_SEG_FIXED + schema_len, sum);
+}
+
+fm_status fm_wal_segment_header_decode(const uint8_t *data, size_t len,
+                                       const char *name, const uint8_t *schema,
+                                       size_t schema_len,
+                                       struct fm_wal_segment_header *out,
+                                       struct fm_error *err)
+{
+    if (len < FM_SEG_FIXED + FM_SEG_SUM_LEN)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "wal segment header truncated in %s at offset 0 "
+                            "(%zu bytes)",
+                            name, len);
+    if (memcmp(data + FM_SEG_OFF_MAGIC, FM_SEG_MAGIC, FM_SEG_MAGIC_LEN) != 0)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "bad wal segment magic in %s at offset 0", name);
+    uint32_t version = fm_load_le32(data + FM_SEG_OFF_VERSION);
+    if (version != FM_SEG_VERSION)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "unsupported wal segment version %u in %s at "
+                            "offset %d",
+                            version, name, FM_SEG_OFF_VERSION);
+    size_t n = fm_load_le32(data + FM_SEG_OFF_SCHEMA_LEN);
+    if (n > FM_WAL_SCHEMA_MAX || fm_wal_segment_header_len(n) > len)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "bad schema length %zu in wal segment header of "
+                            "%s at offset %d",
+                            n, name, FM_SEG_OFF_SCHEMA_LEN);
+    uint64_t sum = fm_load_le64(data + FM_SEG_FIXED + n);
+    if (XXH3_64bits(data, FM_SEG_FIXED + n) != sum)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "wal segment header checksum mismatch in %s at "
+                            "offset %zu",
+                            name, (size_t)FM_SEG_FIXED + n);
+    if (schema != NULL &&
+        (n != schema_len || memcmp(data + FM_SEG_FIXED, schema, n) != 0))
+        return fm_error_set(err, FM_ERR_SCHEMA,
+                            "wal segment %s was written under another schema "
+                            "(%zu bytes of schema text, expected %zu); start "
+                            "with the schema it was written with",
+                            name, n, schema_len);
+    out->first_lsn = fm_load_le64(data + FM_SEG_OFF_FIRST_LSN);
+    out->schema = data + FM_SEG_FIXED;
+    out->schema_len = n;
+    out->header_len = fm_wal_segment_header_len(n);
+    return FM_OK;
+}
+
+uint64_t fm_wal_record_sum(const uint8_t *hdr, const uint8_t *payload,
+                           size_t len)
+{
+    uint64_t seed = XXH3_64bits(hdr, FM_REC_OFF_SUM);
+    return XXH3_64bits_withSeed(payload, len, seed);
+}
+
+void fm_wal_record_header_encode(uint8_t *hdr, uint64_t lsn,
+                                 const uint8_t *payload, size_t len)
+{
+    FM_ASSERT(len <= FM_WAL_PAYLOAD_MAX);
+    fm_store_le32(hdr + FM_REC_OFF_MAGIC, FM_REC_MAGIC);
+    fm_store_le32(hdr + FM_REC_OFF_LEN, (uint32_t)len);
+    fm_store_le64(hdr + FM_REC_OFF_LSN, lsn);
+    fm_store_le64(hdr + FM_REC_OFF_SUM, fm_wal_record_sum(hdr, payload, len));
+}
+
+/* True when a good record starts at p (avail bytes to the end of file). */
+static bool record_is_good(const uint8_t *p, size_t avail, uint64_t *lsn_out,
+                           size_t *len_out)
+{
+    if (avail < FM_REC_HDR || fm_load_le32(p) != FM_REC_MAGIC)
+        return false;
+    size_t n = fm_load_le32(p + FM_REC_OFF_LEN);
+    if (n > FM_WAL_PAYLOAD_MAX || n > avail - FM_REC_HDR)
+        return false;
+    if (fm_wal_record_sum(p, p + FM_REC_HDR, n) !=
+        fm_load_le64(p + FM_REC_OFF_SUM))
+        return false;
+    *lsn_out = fm_load_le64(p + FM_REC_OFF_LSN);
+    *len_out = n;
+    return true;
+}
+
+/* Finds the next good record at or after from whose LSN is acceptable. */
+static bool resync(const struct fm_wal_cursor *c, size_t from, size_t *at_out,
+                   uint64_t *lsn_out)
+{
+    const uint8_t first = FM_REC_MAGIC & 0xff;
+    size_t q = from;
+    while (q + FM_REC_HDR <= c->len) {
+        const uint8_t *hit = memchr(c->data + q, first, c->len - q);
+        if (hit == NULL)
+            return false;
+        q = (size_t)(hit - c->data);
+        uint64_t lsn;
+        size_t n;
+        if (record_is_good(hit, c->len - q, &lsn, &n) && lsn >= c->expect_lsn) {
+            *at_out = q;
+            *lsn_out = lsn;
+            return true;
+        }
+        q++;
+    }
+    return false;
+}
+
+static void note_bad(struct fm_wal_cursor *c)
+{
+    if (c->first_bad < 0)
+        c->first_bad = (int64_t)c->pos;
+}
+
+/* A good record whose LSN is not the expected one. */
+static fm_status wrong_lsn(struct fm_wal_cursor *c, uint64_t lsn, size_t n,
+                           struct fm_error *err)
+{
+    note_bad(c);
+    if (!c->force)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "wal record lsn %" PRIu64 " where %" PRIu64
+                            " was expected in %s at offset %zu",
+                            lsn, c->expect_lsn, c->name, c->pos);
+    c->n_skipped++;
+    if (lsn > c->expect_lsn) {
+        c->n_lsns_missing += lsn - c->expect_lsn;
+        c->expect_lsn = lsn;
+    } else {
+        c->pos += FM_REC_HDR + n;
+    }
+    return FM_OK;
+}
+
+/* Bytes at c->pos that are not a good record. */
+static fm_status bad_bytes(struct fm_wal_cursor *c, bool *end_out,
+                           struct fm_error *err)
+{
+    size_t next;
+    uint64_t next_lsn;
+    if (!resync(c, c->pos + 1, &next, &next_lsn)) {
+        if (c->is_last) {
+            c->torn = true;
+            c->valid_end = c->pos;
+            *end_out = true;
+            return FM_OK;
+        }
+        note_bad(c);
+        if (!c->force)
+            return fm_error_set(err, FM_ERR_CORRUPT,
+                                "bad wal record in %s at offset %zu (not the "
+                                "last segment, so not a torn write)",
+                                c->name, c->pos);
+        c->n_skipped++;
+        c->pos = c->len;
+        return FM_OK;
+    }
+    note_bad(c);
+    if (!c->force)
+        return fm_error_set(err, FM_ERR_CORRUPT,
+                            "bad wal record in %s at offset %zu followed by "
+                            "valid records from offset %zu (use "
+                            "--force-recovery to skip it)",
+                            c->name, c->pos, next);
+    /* One region, one skip: the LSNs it swallowed are counted here. */
+    c->n_skipped++;
+    c->n_lsns_missing += next_lsn - c->expect_lsn;
+    c->expect_lsn = next_lsn;
+    c->pos = next;
+    return FM_OK;
+}
+
+fm_status fm_wal_cursor_next(struct fm_wal_cursor *c,
+                             struct fm_wal_record *rec_out, bool *end_out,
+                             struct fm_error *err)
+{
+    FM_ASSERT(c->pos <= c->len);
+    *end_out = false;
+    while (c->pos < c->len) {
+        uint64_t lsn;
+        size_t n;
+        fm_status st;
+        if (!record_is_good(c->data + c->pos, c->len - c->pos, &lsn, &n)) {
+            st = bad_bytes(c, end_out, err);
+            if (st != FM_OK || *end_out)
+                return st;
+            continue;
+        }
+        if (lsn != c->expect_lsn) {
+            st = wrong_lsn(c, lsn, n, err);
+            if (st != FM_OK)
+                return st;
+            continue;
+        }
+        rec_out->lsn = lsn;
+        rec_out->payload = c->data + c->pos + FM_REC_HDR;
+        rec_out->len = n;
+        c->pos += FM_REC_HDR + n;
+        c->expect_lsn++;
+        c->n_records++;
+        return FM_OK;
+    }
+    c->valid_end = c->len;
+    *end_out = true;
+    return FM_OK;
+}
