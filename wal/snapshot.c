@@ -660,7 +660,8 @@ static fm_status read_block(struct fm_snapshot_reader *r, struct fm_error *err)
         return corrupt(r, at, err, "block checksum mismatch");
     /* Drop the consumed prefix before growing: chunks yielded are dead. */
     size_t left = r->stream.len - r->stream_pos;
-    memmove(r->stream.data, r->stream.data + r->stream_pos, left);
+    if (left > 0)
+        memmove(r->stream.data, r->stream.data + r->stream_pos, left);
     r->stream.len = left;
     r->stream_pos = 0;
     if (fm_buf_reserve(&r->stream, raw_len) != FM_OK)
