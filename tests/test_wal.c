@@ -527,6 +527,35 @@ Test(wal, damaged_tail_of_an_earlier_segment_is_corrupt_not_torn)
     cr_assert(strstr(err.msg, "0000000000000001.wal") != NULL, "%s", err.msg);
 }
 
+Test(wal, missing_middle_segment_breaks_lsn_continuity)
+{
+    struct fm_wal_options o = base_opts();
+    struct fm_wal *wal = open_ok(&o);
+    append_range(wal, 1, 200, 3);
+    fm_wal_close(wal);
+    struct seg_list l;
+    list_segments(&l);
+    cr_assert_gt(l.n, 3);
+    char path[512];
+    seg_path(path, sizeof(path), l.lsns[1]);
+    cr_assert_eq(unlink(path), 0);
+    struct fm_error err = {0};
+    cr_assert_eq(fm_wal_open(&o, &wal, &err), FM_ERR_CORRUPT);
+    char name[32];
+    snprintf(name, sizeof(name), "%016" PRIx64 ".wal", l.lsns[2]);
+    cr_assert(strstr(err.msg, name) != NULL, "%s", err.msg);
+    cr_assert(strstr(err.msg, "previous segment") != NULL, "%s", err.msg);
+
+    o.force_recovery = true;
+    wal = open_ok(&o);
+    struct fm_wal_recovery rec;
+    fm_wal_get_recovery(wal, &rec);
+    cr_assert_eq(rec.n_skipped, 1);
+    cr_assert_eq(rec.n_lsns_missing, l.lsns[2] - l.lsns[1]);
+    cr_assert_eq(rec.last_lsn, 200);
+    fm_wal_close(wal);
+}
+
 Test(wal, random_bit_flips_are_never_loaded)
 {
     const char *seed_env = getenv("FM_TEST_SEED");
