@@ -8,12 +8,6 @@
 
 #include "engine/base.h"
 
-enum fm_fsync_policy {
-    FM_FSYNC_ALWAYS,
-    FM_FSYNC_EVERYSEC,
-    FM_FSYNC_NO,
-};
-
 /* The values. Strings are owned by the config (NUL-terminated, never NULL
  * after fm_config_init). Sizes are bytes, durations seconds. */
 struct fm_config {
@@ -26,7 +20,7 @@ struct fm_config {
     int64_t maxmemory;         /* bytes; 0 for no limit */
     int64_t loglevel;          /* enum fm_log_level */
     char *logfile;             /* "" for standard error */
-    int64_t fsync;             /* enum fm_fsync_policy */
+    int64_t fsync;             /* index into "always", "everysec", "no" */
     int64_t snapshot_interval; /* seconds */
     int64_t snapshot_wal_mb;
     int64_t snapshot_keep;

@@ -159,6 +159,8 @@ static fm_status open_listener(struct fm_server *srv, struct fm_error *err)
         srv->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     else
         srv->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    /* CONFIG GET port and INFO tell the port actually bound. */
+    srv->cfg.port = srv->port;
     srv->listen_fd = fd;
     fd = -1;
     st = FM_OK;
