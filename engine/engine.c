@@ -34,6 +34,7 @@ fm_status fm_engine_new(const struct fm_engine_options *opts,
     struct fm_engine *e = fm_calloc(1, sizeof(*e));
     if (e == NULL)
         return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    e->child_pipe = -1;
     fm_status st = fm_schema_parse(text, len, &e->schema, err);
     if (st != FM_OK)
         goto fail;
@@ -53,6 +54,9 @@ fm_status fm_engine_new(const struct fm_engine_options *opts,
         e->log = opts->log;
         e->log_ctx = opts->log_ctx;
     }
+    if (opts != NULL && opts->dir != NULL &&
+        (st = fm_persist_open(e, opts, err)) != FM_OK)
+        goto fail;
     *out = e;
     return FM_OK;
 fail:
@@ -65,9 +69,12 @@ void fm_engine_free(struct fm_engine *e)
     if (e == NULL)
         return;
     if (e->in_txn) {
-        fm_txn_rollback_to(e, 0);
+        fm_txn_rollback_to(e, e->txn_start);
         e->in_txn = false;
     }
+    fm_persist_close(e);
+    /* Unflushed writes are dropped with the memory, durable or not. */
+    fm_txn_release_group(e);
     for (size_t i = 0; e->tables != NULL && i < e->schema.n_tables; i++)
         fm_table_fini(&e->tables[i]);
     fm_free(e->tables);
@@ -79,6 +86,7 @@ void fm_engine_free(struct fm_engine *e)
     fm_buf_fini(&e->ids);
     fm_buf_fini(&e->sort);
     fm_buf_fini(&e->strs);
+    fm_buf_fini(&e->redo);
     fm_free(e);
 }
 
@@ -103,13 +111,48 @@ static fm_status exec_in_txn(struct fm_engine *e, size_t argc,
     return st;
 }
 
+/* Replaces whatever the reply holds since mark with one error. */
+static void reply_error_at(struct fm_engine *e, struct fm_reply *reply,
+                           size_t len, size_t n, fm_status st)
+{
+    reply->buf.len = len;
+    reply->n_values = n;
+    reply->failed = false;
+    fm_reply_error(reply, st,
+                   e->err.st == st ? e->err.msg : fm_status_message(st));
+}
+
+/* FM_ERR_READONLY for a write once the WAL has failed (SPEC section 4). */
+static fm_status refuse_write(struct fm_engine *e, const uint8_t *name,
+                              size_t len)
+{
+    if (!e->readonly || !fm_engine_command_is_write(name, len))
+        return FM_OK;
+    return fm_error_set(&e->err, FM_ERR_READONLY,
+                        "writes are refused because the write-ahead log "
+                        "cannot be written: %s",
+                        e->readonly_reason);
+}
+
 fm_status fm_engine_exec(struct fm_engine *e, size_t argc,
                          const uint8_t *const *argv, const size_t *argv_len,
                          struct fm_reply *reply)
 {
+    size_t reply_len = reply->buf.len;
+    size_t reply_n = reply->n_values;
+    fm_error_clear(&e->err);
+    fm_status st = argc > 0 ? refuse_write(e, argv[0], argv_len[0]) : FM_OK;
+    if (st != FM_OK) {
+        reply_error_at(e, reply, reply_len, reply_n, st);
+        return st;
+    }
     fm_txn_begin(e);
-    fm_status st = exec_in_txn(e, argc, argv, argv_len, reply);
-    fm_txn_commit(e);
+    st = exec_in_txn(e, argc, argv, argv_len, reply);
+    fm_status cst = fm_txn_commit(e);
+    if (st == FM_OK && cst != FM_OK) {
+        reply_error_at(e, reply, reply_len, reply_n, cst);
+        return cst;
+    }
     return st;
 }
 
@@ -119,6 +162,16 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
 {
     size_t reply_len = reply->buf.len;
     size_t reply_n = reply->n_values;
+    fm_error_clear(&e->err);
+    for (size_t i = 0; i < n_cmds; i++) {
+        fm_status st = cmds[i].argc > 0 ? refuse_write(e, cmds[i].argv[0],
+                                                       cmds[i].argv_len[0])
+                                        : FM_OK;
+        if (st != FM_OK) {
+            reply_error_at(e, reply, reply_len, reply_n, st);
+            return st;
+        }
+    }
     fm_txn_begin(e);
     fm_reply_array(reply, n_cmds);
     for (size_t i = 0; i < n_cmds; i++) {
@@ -126,8 +179,9 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
                                      cmds[i].argv_len, reply);
         if (st == FM_OK)
             continue;
-        fm_txn_rollback_to(e, 0);
-        fm_txn_commit(e);
+        fm_txn_rollback_to(e, e->txn_start);
+        fm_status cst = fm_txn_commit(e);
+        FM_ASSERT(cst == FM_OK); /* nothing left to log */
         reply->buf.len = reply_len;
         reply->n_values = reply_n;
         reply->failed = false;
@@ -139,7 +193,11 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
         fm_reply_error(reply, FM_ERR_EXECABORT, msg);
         return st;
     }
-    fm_txn_commit(e);
+    fm_status cst = fm_txn_commit(e);
+    if (cst != FM_OK) {
+        reply_error_at(e, reply, reply_len, reply_n, cst);
+        return cst;
+    }
     return FM_OK;
 }
 

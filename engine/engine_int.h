@@ -10,6 +10,10 @@
 #include "engine/value.h"
 #include "index/btree.h"
 #include "index/hash.h"
+#include "wal/snapshot.h"
+#include "wal/wal.h"
+
+#include <sys/types.h>
 
 /* Row ids map to records through a two-level table of pages. */
 #define FM_ID_PAGE_BITS  12
@@ -80,6 +84,7 @@ struct fm_undo {
     uint16_t table;
     uint64_t id;
     uint8_t *old_rec;     /* DELETE, UPDATE: the record before */
+    uint8_t *new_rec;     /* INSERT, UPDATE: the record written */
     uint64_t old_next_id; /* INSERT: the table's next_id before */
 };
 
@@ -88,11 +93,36 @@ struct fm_engine {
     struct fm_table *tables; /* schema.n_tables */
     fm_log_fn log;
     void *log_ctx;
-    /* The undo log of the open transaction; empty between commands. */
+    /*
+     * The undo log. Without a WAL it holds the open transaction and is
+     * empty between commands. With one, entries of committed transactions
+     * stay until fm_engine_flush makes them durable, so that a failed
+     * flush can roll the whole group back (SPEC section 4).
+     */
     struct fm_undo *undo;
     size_t n_undo;
     size_t undo_cap;
+    size_t txn_start; /* first entry of the open transaction */
     bool in_txn;
+    /* Durability; wal is NULL for a memory-only engine. */
+    struct fm_wal *wal;
+    char *dir;
+    struct fm_buf redo; /* the redo record being encoded */
+    enum fm_fsync_policy fsync;
+    struct fm_snapshot_config snap_cfg;
+    bool readonly;
+    char readonly_reason[FM_ERROR_MSG_CAP];
+    pid_t child_pid;        /* background snapshot, or 0 */
+    int64_t child_start_us; /* monotonic */
+    uint64_t child_lsn;
+    int child_pipe;        /* read end of the child's report, or -1 */
+    uint64_t child_dirty;  /* changes_since_save when it forked */
+    uint64_t child_wal_at; /* WAL bytes written when it forked */
+    uint64_t last_lsn;     /* LSN of the last record appended */
+    uint64_t save_lsn;     /* LSN of the newest snapshot */
+    uint64_t wal_bytes_at_save;
+    int64_t last_save_mono_us;
+    struct fm_persist_stats pstats;
     /* Scratch reused by every command, so a warm engine does not allocate:
      * keys being built, row id lists, the record being encoded. */
     struct fm_buf key;
@@ -157,8 +187,16 @@ size_t fm_table_index_bytes(const struct fm_table *t);
 
 /* Starts a transaction; commands between begin and commit are atomic. */
 void fm_txn_begin(struct fm_engine *e);
-/* Makes the changes since begin permanent and frees replaced records. */
-void fm_txn_commit(struct fm_engine *e);
+/*
+ * Ends the transaction. Without a WAL the changes are permanent and the
+ * replaced records are freed. With one, the changes are appended to the WAL
+ * as one redo record and kept in the undo log until fm_engine_flush; if the
+ * append fails the transaction is rolled back and that status returned
+ * (FM_ERR_READONLY, FM_ERR_NOMEM) with detail in e->err.
+ */
+fm_status fm_txn_commit(struct fm_engine *e);
+/* Drops the undo entries of the durable group and frees replaced records. */
+void fm_txn_release_group(struct fm_engine *e);
 /* Undoes every change back to savepoint (an n_undo value). */
 void fm_txn_rollback_to(struct fm_engine *e, size_t savepoint);
 
@@ -185,6 +223,26 @@ fm_status fm_txn_delete(struct fm_engine *e, struct fm_table *t, uint64_t id,
 /* Checks a value against a column's NOT NULL and CHECK constraints. */
 fm_status fm_check_value(struct fm_engine *e, const struct fm_table *t,
                          size_t col, const struct fm_value *v);
+
+/* ---- persist.c: redo records, snapshots, recovery ---------------------- */
+
+/* Appends the redo record of undo entries [from, n_undo) to the WAL. */
+fm_status fm_persist_log_txn(struct fm_engine *e, size_t from);
+
+/* Recovers the state of e->dir and opens the WAL; err names what failed. */
+fm_status fm_persist_open(struct fm_engine *e,
+                          const struct fm_engine_options *opts,
+                          struct fm_error *err);
+
+/* Stops a background snapshot, closes the WAL; for fm_engine_free. */
+void fm_persist_close(struct fm_engine *e);
+
+/* Checks that rec[0..len) is a well-formed record of t (from disk). */
+bool fm_table_record_is_valid(const struct fm_table *t, const uint8_t *rec,
+                              size_t len);
+
+/* Size in bytes of a record, its length prefix included. */
+size_t fm_table_record_size(const uint8_t *rec);
 
 /* ---- query.c: the command language ------------------------------------- */
 

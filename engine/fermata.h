@@ -86,11 +86,44 @@ bool fm_reply_next(struct fm_reply_cursor *c, struct fm_reply_value *out);
 
 /* ---- Engine ------------------------------------------------------------- */
 
+/* When the write-ahead log is forced to disk (SPEC section 4). */
+enum fm_fsync_policy {
+    FM_FSYNC_EVERYSEC = 0, /* the default: at most about 1 s may be lost */
+    FM_FSYNC_ALWAYS = 1,   /* fdatasync before any reply of a flush */
+    FM_FSYNC_NO = 2,       /* the OS decides */
+};
+
+/* "always", "everysec", "no"; parse returns false for anything else. */
+const char *fm_fsync_policy_name(enum fm_fsync_policy p);
+bool fm_fsync_policy_parse(const char *name, enum fm_fsync_policy *out);
+
+/* Snapshot triggers (SPEC section 4); zero values take the defaults. */
+struct fm_snapshot_config {
+    uint64_t interval_s; /* snapshot when this old and anything changed;
+                            default 3600 */
+    uint64_t wal_mb;     /* snapshot when the WAL since the last one passes
+                            this; default 256 */
+    uint64_t keep;       /* snapshots kept; default 2 */
+};
+
 struct fm_engine_options {
     const char *schema_text; /* DDL; NULL for the built-in default schema */
     size_t schema_len;
     fm_log_fn log; /* may be NULL */
     void *log_ctx;
+    /*
+     * Durability. With dir NULL the engine is memory only. Otherwise
+     * fm_engine_new locks dir, recovers from its snapshots and WAL, and
+     * every committed write is appended to the WAL; fm_engine_flush makes
+     * the writes of a batch durable to the degree fsync promises.
+     */
+    const char *dir;
+    enum fm_fsync_policy fsync;
+    uint64_t wal_segment_bytes; /* 0: 64 MiB */
+    bool force_recovery;        /* skip bad WAL records and say how many */
+    struct fm_snapshot_config snapshot;
+    const void *wal_io; /* tests only: a struct fm_wal_io (wal/wal.h) that
+                           replaces the WAL's system calls; NULL for real */
 };
 
 /* The built-in default schema of SPEC section 1, NUL-terminated DDL. */
@@ -103,8 +136,103 @@ const char *fm_default_schema(void);
 fm_status fm_engine_new(const struct fm_engine_options *opts,
                         struct fm_engine **out, struct fm_error *err);
 
-/* Releases the engine and everything in it; NULL does nothing. */
+/*
+ * Releases the engine and everything in it; NULL does nothing. With a data
+ * directory, writes not yet flushed are discarded (call fm_engine_shutdown
+ * for a clean stop).
+ */
 void fm_engine_free(struct fm_engine *e);
+
+/* ---- Durability ---------------------------------------------------------- */
+
+/*
+ * Group commit: writes every WAL record appended since the last flush with
+ * one write() and, under FM_FSYNC_ALWAYS, one fdatasync. Call it once per
+ * batch (the server: once per event-loop turn, before sending any reply of
+ * the turn). A no-op without a data directory or pending records.
+ * FM_ERR_READONLY when the WAL cannot be written: every write since the last
+ * successful flush has been rolled back in memory, their replies must not
+ * be sent as successes, and every later write gets FM_ERR_READONLY (the
+ * engine is read-only for good; err and fm_engine_readonly_reason say why).
+ */
+fm_status fm_engine_flush(struct fm_engine *e, struct fm_error *err);
+
+/* True when writes were committed since the last flush. */
+bool fm_engine_has_pending(const struct fm_engine *e);
+
+/* Why writes are refused, or NULL while the engine is writable. */
+const char *fm_engine_readonly_reason(const struct fm_engine *e);
+
+/*
+ * Writes a snapshot now, in this process (SAVE). Flushes first.
+ * FM_ERR_IO, FM_ERR_NOMEM, FM_ERR_STATE (no data directory, or a background
+ * snapshot is running), FM_ERR_READONLY.
+ */
+fm_status fm_engine_save(struct fm_engine *e, struct fm_error *err);
+
+/*
+ * Starts a snapshot in a forked child (BGSAVE) and returns at once; the
+ * parent keeps serving, and fm_engine_cron notices when the child ends.
+ * FM_ERR_STATE (no data directory, or one is already running), FM_ERR_IO
+ * (fork failed).
+ */
+fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err);
+
+/*
+ * Periodic work, called about ten times a second: reaps a finished snapshot
+ * child (then deletes covered WAL segments and old snapshots), and starts a
+ * background snapshot when snapshot.interval_s or snapshot.wal_mb says so.
+ */
+void fm_engine_cron(struct fm_engine *e);
+
+/*
+ * Clean stop: flushes and fsyncs the WAL, then snapshots unless nosave
+ * (waiting for a running background snapshot first). Errors are reported
+ * but the engine can still be freed.
+ */
+fm_status fm_engine_shutdown(struct fm_engine *e, bool nosave,
+                             struct fm_error *err);
+
+/* Changes the fsync policy or the snapshot triggers at run time. */
+fm_status fm_engine_set_fsync(struct fm_engine *e, enum fm_fsync_policy p,
+                              struct fm_error *err);
+void fm_engine_set_snapshot_config(struct fm_engine *e,
+                                   const struct fm_snapshot_config *c);
+
+/* Figures for INFO persistence. */
+struct fm_persist_stats {
+    bool enabled; /* a data directory is in use */
+    enum fm_fsync_policy fsync;
+    uint64_t next_lsn;    /* LSN the next write gets */
+    uint64_t durable_lsn; /* last LSN known on disk */
+    uint64_t wal_bytes;   /* bytes in WAL segments */
+    uint64_t wal_segments;
+    uint64_t wal_since_snapshot_bytes;
+    bool readonly;
+    char readonly_reason[FM_ERROR_MSG_CAP];
+    bool bgsave_in_progress;
+    int64_t last_save_time_s; /* unix time of the last snapshot; 0 none */
+    uint64_t last_save_lsn;
+    int64_t last_save_duration_us;
+    uint64_t last_save_bytes;     /* file size */
+    uint64_t last_save_raw_bytes; /* before compression */
+    int64_t last_fork_us;         /* time fork() took */
+    size_t last_cow_bytes;        /* copy-on-write memory of the last child */
+    bool last_save_ok;
+    uint64_t changes_since_save; /* committed writes since the last save */
+    uint64_t recovered_rows;     /* loaded from the snapshot at start */
+    uint64_t recovered_records;  /* WAL records replayed at start */
+    int64_t recovery_us;
+};
+void fm_engine_persist_stats(const struct fm_engine *e,
+                             struct fm_persist_stats *out);
+
+/*
+ * Verifies every invariant the engine promises: row counts, each index
+ * holding exactly the rows of its table, UNIQUE, NOT NULL, CHECK and every
+ * foreign key. FM_ERR_CORRUPT with the first violation in err.
+ */
+fm_status fm_engine_check(struct fm_engine *e, struct fm_error *err);
 
 /*
  * Executes one command (argv[0] is its name, case-insensitive) and appends

@@ -685,6 +685,8 @@ struct sort_entry {
     const uint8_t *s;
     uint32_t len;
     bool is_null;
+    bool is_string; /* the same in every entry of a sort; carried here */
+    bool desc;      /* so that qsort's comparator needs no context */
 };
 
 struct sorter {
@@ -768,6 +770,8 @@ static bool sort_visit(struct fm_engine *e, const struct query *q,
     en.i = v->i;
     en.s = v->s;
     en.len = (uint32_t)v->len;
+    en.is_string = s->is_string;
+    en.desc = s->desc;
     if (s->n < s->cap) {
         if (fm_buf_append(&e->sort, &en, sizeof(en)) != FM_OK) {
             s->failed = true;
@@ -786,11 +790,13 @@ static bool sort_visit(struct fm_engine *e, const struct query *q,
     return true;
 }
 
-static const struct sorter *qsort_ctx;
-
 static int qsort_cmp(const void *a, const void *b)
 {
-    return entry_cmp(qsort_ctx, a, b);
+    const struct sort_entry *x = a;
+    struct sorter s = {0};
+    s.is_string = x->is_string;
+    s.desc = x->desc;
+    return entry_cmp(&s, a, b);
 }
 
 /* ---- FIND, COUNT, DELETE WHERE, EXPLAIN
@@ -856,10 +862,8 @@ static fm_status exec_find(struct fm_engine *e, const struct query *q,
         return nomem(e);
     if (s.failed)
         return nomem(e);
-    qsort_ctx = &s;
     if (s.n > 1)
         qsort(entries(e), s.n, sizeof(struct sort_entry), qsort_cmp);
-    qsort_ctx = NULL;
     size_t from = q->offset < s.n ? (size_t)q->offset : s.n;
     size_t to = s.n;
     if (q->has_limit && q->limit < to - from)

@@ -118,7 +118,7 @@ static void slab_fini(struct fm_slab *s)
 /* ---- records --------------------------------------------------------------
  */
 
-static size_t record_size(const uint8_t *rec)
+size_t fm_table_record_size(const uint8_t *rec)
 {
     uint64_t body;
     size_t n = fm_varint_get(rec, FM_VARINT_MAX, &body);
@@ -176,6 +176,49 @@ fm_status fm_table_encode_row(struct fm_table *t, const struct fm_row *row)
     return FM_OK;
 }
 
+bool fm_table_record_is_valid(const struct fm_table *t, const uint8_t *rec,
+                              size_t len)
+{
+    uint64_t body;
+    size_t n = fm_varint_get(rec, len, &body);
+    if (n == 0 || body != len - n || body < t->bitmap_len)
+        return false;
+    const uint8_t *p = rec + n;
+    const uint8_t *end = rec + len;
+    const uint8_t *bitmap = p;
+    p += t->bitmap_len;
+    uint64_t u;
+    for (int i = 0; i < 2; i++) {
+        size_t k = fm_varint_get(p, (size_t)(end - p), &u);
+        if (k == 0)
+            return false;
+        p += k;
+    }
+    size_t ca = fm_col_created_at(t->def);
+    for (size_t c = 1; c < ca; c++) {
+        if (bitmap[(c - 1) / 8] & (1u << ((c - 1) % 8))) {
+            if (t->def->cols[c].not_null)
+                return false;
+            continue;
+        }
+        size_t k = fm_varint_get(p, (size_t)(end - p), &u);
+        if (k == 0)
+            return false;
+        p += k;
+        if (t->def->cols[c].type == FM_TYPE_STRING) {
+            if (u > FM_STRING_MAX || u > (uint64_t)(end - p))
+                return false;
+            p += u;
+        }
+    }
+    /* Unused bits of the bitmap must be clear. */
+    for (size_t c = ca; c <= t->bitmap_len * 8; c++) {
+        if (c >= 1 && bitmap[(c - 1) / 8] & (1u << ((c - 1) % 8)))
+            return false;
+    }
+    return p == end;
+}
+
 uint8_t *fm_table_alloc_record(struct fm_table *t)
 {
     struct fm_buf *b = &t->engine->rec;
@@ -188,7 +231,7 @@ uint8_t *fm_table_alloc_record(struct fm_table *t)
 void fm_table_free_record(struct fm_table *t, uint8_t *rec)
 {
     if (rec != NULL)
-        slab_free(&t->slab, rec, record_size(rec));
+        slab_free(&t->slab, rec, fm_table_record_size(rec));
 }
 
 void fm_table_decode(const struct fm_table *t, uint64_t id, const uint8_t *rec,
@@ -452,7 +495,7 @@ void fm_table_fini(struct fm_table *t)
         /* Slab records go with their chunks; large ones one by one. */
         for (size_t i = 0; t->pages[p] != NULL && i < FM_ID_PAGE_SLOTS; i++) {
             uint8_t *rec = t->pages[p][i];
-            if (rec != NULL && record_size(rec) > FM_SLAB_MAX)
+            if (rec != NULL && fm_table_record_size(rec) > FM_SLAB_MAX)
                 fm_free(rec);
         }
         fm_free(t->pages[p]);

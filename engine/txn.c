@@ -39,7 +39,8 @@
 
 static fm_status undo_push(struct fm_engine *e, enum fm_undo_op op,
                            const struct fm_table *t, uint64_t id,
-                           uint8_t *old_rec, uint64_t old_next_id)
+                           uint8_t *old_rec, uint8_t *new_rec,
+                           uint64_t old_next_id)
 {
     if (e->n_undo == e->undo_cap) {
         size_t cap = e->undo_cap ? e->undo_cap * 2 : 64;
@@ -54,6 +55,7 @@ static fm_status undo_push(struct fm_engine *e, enum fm_undo_op op,
     u->table = (uint16_t)t->no;
     u->id = id;
     u->old_rec = old_rec;
+    u->new_rec = new_rec;
     u->old_next_id = old_next_id;
     return FM_OK;
 }
@@ -77,20 +79,35 @@ static fm_status undo_reserve(struct fm_engine *e, size_t n)
 void fm_txn_begin(struct fm_engine *e)
 {
     FM_ASSERT(!e->in_txn);
-    FM_ASSERT(e->n_undo == 0);
+    FM_ASSERT(e->wal != NULL || e->n_undo == 0);
+    e->txn_start = e->n_undo;
     e->in_txn = true;
 }
 
-void fm_txn_commit(struct fm_engine *e)
+void fm_txn_release_group(struct fm_engine *e)
 {
-    FM_ASSERT(e->in_txn);
+    FM_ASSERT(!e->in_txn);
     for (size_t i = 0; i < e->n_undo; i++) {
         struct fm_undo *u = &e->undo[i];
         if (u->old_rec != NULL)
             fm_table_free_record(&e->tables[u->table], u->old_rec);
     }
     e->n_undo = 0;
+}
+
+fm_status fm_txn_commit(struct fm_engine *e)
+{
+    FM_ASSERT(e->in_txn);
+    fm_status st = FM_OK;
+    if (e->wal != NULL && e->n_undo > e->txn_start) {
+        st = fm_persist_log_txn(e, e->txn_start);
+        if (st != FM_OK)
+            fm_txn_rollback_to(e, e->txn_start);
+    }
     e->in_txn = false;
+    if (e->wal == NULL)
+        fm_txn_release_group(e);
+    return st;
 }
 
 static void undo_one(struct fm_engine *e, const struct fm_undo *u)
@@ -321,7 +338,7 @@ fm_status fm_txn_insert(struct fm_engine *e, struct fm_table *t,
     t->n_rows++;
     if (id >= t->next_id)
         t->next_id = id + 1;
-    st = undo_push(e, FM_UNDO_INSERT, t, id, NULL, old_next);
+    st = undo_push(e, FM_UNDO_INSERT, t, id, NULL, rec, old_next);
     FM_ASSERT(st == FM_OK);
     *id_out = id;
     return FM_OK;
@@ -386,7 +403,7 @@ fm_status fm_txn_update(struct fm_engine *e, struct fm_table *t,
         FM_ASSERT(sst == FM_OK);
         return st;
     }
-    st = undo_push(e, FM_UNDO_UPDATE, t, id, old, 0);
+    st = undo_push(e, FM_UNDO_UPDATE, t, id, old, rec, 0);
     FM_ASSERT(st == FM_OK);
     return FM_OK;
 }
@@ -512,7 +529,7 @@ static fm_status delete_row(struct fm_engine *e, struct fm_table *t,
     st = fm_table_set_record(t, id, NULL);
     FM_ASSERT(st == FM_OK);
     t->n_rows--;
-    st = undo_push(e, FM_UNDO_DELETE, t, id, rec, 0);
+    st = undo_push(e, FM_UNDO_DELETE, t, id, rec, NULL, 0);
     FM_ASSERT(st == FM_OK);
     (*n)++;
     return FM_OK;

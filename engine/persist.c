@@ -1,0 +1,1023 @@
+/*
+ * persist.c: what the engine writes to the write-ahead log and to
+ * snapshots, and how it rebuilds itself from them (SPEC section 4).
+ *
+ * wal/ moves opaque bytes; this file decides what they mean.
+ *
+ * Redo records. Every committed transaction that changed something becomes
+ * one WAL record, encoded from its undo log read forwards (txn.c). Row
+ * images carry ids and timestamps as assigned, so replay re-derives
+ * nothing, cascades included, and never re-checks a constraint:
+ *
+ *   field        size     meaning
+ *   version      1        REDO_VERSION
+ *   then, per change:
+ *   kind         1        REDO_PUT (insert or replace) or REDO_DEL
+ *   table        varint   table number in the schema
+ *   id           varint   row id
+ *   record       ...      REDO_PUT only: the row record exactly as stored
+ *                         (table.c), self-delimited by its length prefix
+ *
+ * Snapshots. A snapshot is a stream of chunks in the wal/snapshot container:
+ *
+ *   chunk 0      "FMDB", version (4 bytes LE), varint n_tables, then per
+ *                table: varint next_id, varint n_rows
+ *   chunks 1..   varint table, then rows: varint id, record; rows of one
+ *                table in id order, chunks of about 256 KiB
+ *
+ * Everything read back from disk is validated before use: record layouts
+ * (fm_table_record_is_valid), ids, table numbers and counts; a violation is
+ * FM_ERR_CORRUPT naming the file, never a crash.
+ *
+ * Recovery. Load the newest snapshot that reads back completely; a bad one
+ * is logged and the previous one tried, with the WAL replayed from further
+ * back. Rows are placed by id without touching any index, then every index
+ * is built in bulk: B+trees from keys sorted once (fm_btree_append), hash
+ * indexes presized (fm_hash_reserve). Then the WAL records after the
+ * snapshot's LSN are applied one by one with ordinary index maintenance.
+ *
+ * Group commit and failure. fm_engine_flush writes the group. If it fails,
+ * the whole group is rolled back in memory from the undo entries kept since
+ * the last flush, and the engine turns read-only for good: nothing retries
+ * an fsync that may have dropped data (PostgreSQL's 2018 lesson).
+ *
+ * Background snapshots fork: the child writes the copy-on-write image of
+ * every table while the parent goes on serving, and reports its sizes and
+ * copied memory through a pipe before it exits. The parent flushes the WAL
+ * before forking, so the snapshot's LSN is the last LSN written. After a
+ * snapshot commits, snapshots beyond snapshot.keep are deleted and WAL
+ * segments older than the oldest kept snapshot go with them.
+ */
+#include "engine/engine_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { REDO_VERSION = 1, REDO_PUT = 1, REDO_DEL = 2 };
+
+#define SNAP_VERSION     1
+#define SNAP_CHUNK_BYTES (256 * 1024)
+
+struct child_report {
+    uint64_t ok;
+    uint64_t file_bytes;
+    uint64_t raw_bytes;
+    uint64_t cow_bytes;
+};
+
+static void note(struct fm_engine *e, enum fm_log_level level, const char *fmt,
+                 ...) __attribute__((format(printf, 3, 4)));
+
+static void note(struct fm_engine *e, enum fm_log_level level, const char *fmt,
+                 ...)
+{
+    if (e->log == NULL)
+        return;
+    char msg[FM_ERROR_MSG_CAP + 256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    e->log(e->log_ctx, level, msg);
+}
+
+const char *fm_fsync_policy_name(enum fm_fsync_policy p)
+{
+    switch (p) {
+    case FM_FSYNC_ALWAYS:
+        return "always";
+    case FM_FSYNC_EVERYSEC:
+        return "everysec";
+    case FM_FSYNC_NO:
+        return "no";
+    }
+    return "everysec";
+}
+
+bool fm_fsync_policy_parse(const char *name, enum fm_fsync_policy *out)
+{
+    static const enum fm_fsync_policy all[] = {FM_FSYNC_ALWAYS,
+                                               FM_FSYNC_EVERYSEC, FM_FSYNC_NO};
+    for (size_t i = 0; i < FM_ARRAY_LEN(all); i++) {
+        if (strcmp(name, fm_fsync_policy_name(all[i])) == 0) {
+            *out = all[i];
+            return true;
+        }
+    }
+    return false;
+}
+
+static enum fm_wal_fsync wal_policy(enum fm_fsync_policy p)
+{
+    switch (p) {
+    case FM_FSYNC_ALWAYS:
+        return FM_WAL_FSYNC_ALWAYS;
+    case FM_FSYNC_NO:
+        return FM_WAL_FSYNC_NO;
+    case FM_FSYNC_EVERYSEC:
+        break;
+    }
+    return FM_WAL_FSYNC_EVERYSEC;
+}
+
+static void go_readonly(struct fm_engine *e, const char *why)
+{
+    if (e->readonly)
+        return;
+    e->readonly = true;
+    snprintf(e->readonly_reason, sizeof(e->readonly_reason), "%s", why);
+    note(e, FM_LOG_WARNING,
+         "the write-ahead log failed, refusing writes from now on: %s", why);
+}
+
+/* ---- redo records -----------------------------------------------------------
+ */
+
+static fm_status put_varint(struct fm_buf *b, uint64_t v)
+{
+    uint8_t tmp[FM_VARINT_MAX];
+    return fm_buf_append(b, tmp, fm_varint_put(tmp, v));
+}
+
+fm_status fm_persist_log_txn(struct fm_engine *e, size_t from)
+{
+    struct fm_buf *b = &e->redo;
+    fm_status st;
+    b->len = 0;
+    if ((st = fm_buf_push(b, REDO_VERSION)) != FM_OK)
+        goto nomem;
+    for (size_t i = from; i < e->n_undo; i++) {
+        const struct fm_undo *u = &e->undo[i];
+        bool put = u->op != FM_UNDO_DELETE;
+        if ((st = fm_buf_push(b, put ? REDO_PUT : REDO_DEL)) != FM_OK ||
+            (st = put_varint(b, u->table)) != FM_OK ||
+            (st = put_varint(b, u->id)) != FM_OK)
+            goto nomem;
+        if (put &&
+            (st = fm_buf_append(b, u->new_rec,
+                                fm_table_record_size(u->new_rec))) != FM_OK)
+            goto nomem;
+    }
+    uint64_t lsn;
+    struct fm_error werr = {0};
+    st = fm_wal_append(e->wal, b->data, b->len, &lsn, &werr);
+    if (st == FM_ERR_READONLY) {
+        go_readonly(e, werr.msg);
+        return fm_error_set(&e->err, FM_ERR_READONLY,
+                            "the write-ahead log cannot be written: %s",
+                            werr.msg);
+    }
+    if (st != FM_OK)
+        return fm_error_set(&e->err, st, "cannot log the write: %s", werr.msg);
+    e->last_lsn = lsn;
+    e->pstats.changes_since_save++;
+    return FM_OK;
+nomem:
+    return fm_error_set(&e->err, FM_ERR_NOMEM,
+                        "out of memory encoding the redo record");
+}
+
+/* Reads a varint at *p (below end) into *v; false when malformed. */
+static bool take_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    size_t n = fm_varint_get(*p, (size_t)(end - *p), v);
+    if (n == 0)
+        return false;
+    *p += n;
+    return true;
+}
+
+/* Reads a record at *p (below end) and checks it is one of t. */
+static bool take_record(const struct fm_table *t, const uint8_t **p,
+                        const uint8_t *end, const uint8_t **rec_out,
+                        size_t *len_out)
+{
+    uint64_t body;
+    size_t n = fm_varint_get(*p, (size_t)(end - *p), &body);
+    if (n == 0 || body > (uint64_t)(end - *p) - n)
+        return false;
+    size_t len = n + (size_t)body;
+    if (!fm_table_record_is_valid(t, *p, len))
+        return false;
+    *rec_out = *p;
+    *len_out = len;
+    *p += len;
+    return true;
+}
+
+/* Stores a copy of rec as row id of t, replacing any row there, with index
+ * maintenance. FM_ERR_CORRUPT when an index refuses it. */
+static fm_status place_row(struct fm_engine *e, struct fm_table *t, uint64_t id,
+                           const uint8_t *rec, size_t len, bool with_indexes)
+{
+    struct fm_buf *rb = &e->rec;
+    rb->len = 0;
+    if (fm_buf_append(rb, rec, len) != FM_OK)
+        return FM_ERR_NOMEM;
+    uint8_t *copy = fm_table_alloc_record(t);
+    if (copy == NULL)
+        return FM_ERR_NOMEM;
+    uint8_t *old = fm_table_record(t, id);
+    struct fm_row row;
+    if (old != NULL && with_indexes) {
+        fm_table_decode(t, id, old, &row);
+        fm_table_index_remove(t, &row, UINT32_MAX);
+    }
+    if (fm_table_set_record(t, id, copy) != FM_OK) {
+        fm_table_free_record(t, copy);
+        return FM_ERR_NOMEM;
+    }
+    if (old != NULL)
+        fm_table_free_record(t, old);
+    else
+        t->n_rows++;
+    if (id >= t->next_id)
+        t->next_id = id + 1;
+    if (!with_indexes)
+        return FM_OK;
+    fm_table_decode(t, id, copy, &row);
+    fm_status st = fm_table_index_add(t, &row, UINT32_MAX, NULL);
+    return st == FM_ERR_UNIQUE ? FM_ERR_CORRUPT : st;
+}
+
+static fm_status remove_row(struct fm_table *t, uint64_t id)
+{
+    uint8_t *old = fm_table_record(t, id);
+    if (old == NULL)
+        return FM_ERR_CORRUPT;
+    struct fm_row row;
+    fm_table_decode(t, id, old, &row);
+    fm_table_index_remove(t, &row, UINT32_MAX);
+    fm_status st = fm_table_set_record(t, id, NULL);
+    FM_ASSERT(st == FM_OK);
+    fm_table_free_record(t, old);
+    t->n_rows--;
+    return FM_OK;
+}
+
+/* Applies one redo record. On failure the record may be half applied; the
+ * caller stops recovery. */
+static fm_status apply_redo(struct fm_engine *e, const uint8_t *p, size_t len,
+                            const char **why)
+{
+    const uint8_t *end = p + len;
+    *why = "bad version";
+    if (len == 0 || *p++ != REDO_VERSION)
+        return FM_ERR_CORRUPT;
+    while (p < end) {
+        uint8_t kind = *p++;
+        uint64_t tno;
+        uint64_t id;
+        *why = "bad change header";
+        if ((kind != REDO_PUT && kind != REDO_DEL) ||
+            !take_varint(&p, end, &tno) || !take_varint(&p, end, &id) ||
+            tno >= e->schema.n_tables || id == 0 || id >= FM_ID_MAX)
+            return FM_ERR_CORRUPT;
+        struct fm_table *t = &e->tables[tno];
+        fm_status st;
+        if (kind == REDO_DEL) {
+            *why = "delete of a row that does not exist";
+            st = remove_row(t, id);
+        } else {
+            const uint8_t *rec;
+            size_t rec_len;
+            *why = "malformed row image";
+            if (!take_record(t, &p, end, &rec, &rec_len))
+                return FM_ERR_CORRUPT;
+            *why = "row image violates a unique index";
+            st = place_row(e, t, id, rec, rec_len, true);
+        }
+        if (st != FM_OK)
+            return st;
+    }
+    return FM_OK;
+}
+
+/* ---- snapshots: writing -----------------------------------------------------
+ */
+
+static fm_status emit_chunk(struct fm_snapshot_writer *w, struct fm_buf *b,
+                            struct fm_error *err)
+{
+    fm_status st = fm_snapshot_writer_add(w, b->data, b->len, err);
+    b->len = 0;
+    return st;
+}
+
+static fm_status write_tables(struct fm_engine *e, struct fm_snapshot_writer *w,
+                              struct fm_buf *b, struct fm_error *err)
+{
+    fm_status st = FM_OK;
+    uint8_t hdr[8];
+    memcpy(hdr, "FMDB", 4);
+    fm_store_le32(hdr + 4, SNAP_VERSION);
+    b->len = 0;
+    if (fm_buf_append(b, hdr, sizeof(hdr)) != FM_OK ||
+        put_varint(b, e->schema.n_tables) != FM_OK)
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < e->schema.n_tables; i++) {
+        if (put_varint(b, e->tables[i].next_id) != FM_OK ||
+            put_varint(b, e->tables[i].n_rows) != FM_OK)
+            return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    }
+    if ((st = emit_chunk(w, b, err)) != FM_OK)
+        return st;
+    for (size_t i = 0; i < e->schema.n_tables; i++) {
+        const struct fm_table *t = &e->tables[i];
+        for (uint64_t id = 1; id < t->next_id; id++) {
+            const uint8_t *rec = fm_table_record(t, id);
+            if (rec == NULL)
+                continue;
+            if (b->len == 0 && put_varint(b, i) != FM_OK)
+                return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+            if (put_varint(b, id) != FM_OK ||
+                fm_buf_append(b, rec, fm_table_record_size(rec)) != FM_OK)
+                return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+            if (b->len >= SNAP_CHUNK_BYTES &&
+                (st = emit_chunk(w, b, err)) != FM_OK)
+                return st;
+        }
+        if (b->len > 0 && (st = emit_chunk(w, b, err)) != FM_OK)
+            return st;
+    }
+    return FM_OK;
+}
+
+static fm_status write_snapshot(struct fm_engine *e, uint64_t lsn,
+                                struct fm_snapshot_stats *stats,
+                                struct fm_error *err)
+{
+    struct fm_snapshot_writer *w = NULL;
+    struct fm_buf b = {0};
+    fm_status st =
+        fm_snapshot_writer_open(e->dir, lsn, (const uint8_t *)e->schema.text,
+                                e->schema.text_len, NULL, &w, err);
+    if (st != FM_OK)
+        return st;
+    st = write_tables(e, w, &b, err);
+    fm_buf_fini(&b);
+    if (st != FM_OK) {
+        fm_snapshot_writer_abort(w);
+        return st;
+    }
+    return fm_snapshot_writer_commit(w, stats, err);
+}
+
+/* After a snapshot at lsn: prune snapshots, then WAL segments that only
+ * snapshots older than the oldest kept one would need. */
+static void after_snapshot(struct fm_engine *e, uint64_t lsn)
+{
+    struct fm_error err = {0};
+    size_t n_snaps = 0;
+    size_t n_segs = 0;
+    e->save_lsn = lsn;
+    if (fm_snapshot_prune(e->dir, e->snap_cfg.keep, &n_snaps, &err) != FM_OK) {
+        note(e, FM_LOG_WARNING, "snapshot pruning failed: %s", err.msg);
+        return;
+    }
+    struct fm_snapshot_list list = {0};
+    if (fm_snapshot_list_dir(e->dir, &list, &err) != FM_OK || list.n == 0) {
+        fm_snapshot_list_fini(&list);
+        return;
+    }
+    uint64_t oldest = list.items[list.n - 1].lsn;
+    fm_snapshot_list_fini(&list);
+    if (fm_wal_truncate_before(e->wal, oldest, &n_segs, &err) != FM_OK)
+        note(e, FM_LOG_WARNING, "removing old WAL segments failed: %s",
+             err.msg);
+    if (n_snaps > 0 || n_segs > 0)
+        note(e, FM_LOG_VERBOSE,
+             "removed %zu old snapshot(s) and %zu WAL segment(s)", n_snaps,
+             n_segs);
+}
+
+static uint64_t wal_bytes_written(struct fm_engine *e)
+{
+    struct fm_wal_stats ws;
+    fm_wal_get_stats(e->wal, &ws);
+    return ws.bytes_written;
+}
+
+static void record_save(struct fm_engine *e, uint64_t lsn, int64_t took_us,
+                        uint64_t file_bytes, uint64_t raw_bytes,
+                        uint64_t dirty_at_start)
+{
+    e->pstats.last_save_ok = true;
+    e->pstats.last_save_time_s = fm_now_us() / 1000000;
+    e->pstats.last_save_lsn = lsn;
+    e->pstats.last_save_duration_us = took_us;
+    e->pstats.last_save_bytes = file_bytes;
+    e->pstats.last_save_raw_bytes = raw_bytes;
+    e->pstats.changes_since_save -= dirty_at_start;
+    e->last_save_mono_us = fm_monotonic_us();
+    after_snapshot(e, lsn);
+}
+
+fm_status fm_engine_save(struct fm_engine *e, struct fm_error *err)
+{
+    if (e->wal == NULL)
+        return fm_error_set(err, FM_ERR_STATE,
+                            "no data directory: nothing to save to");
+    if (e->child_pid != 0)
+        return fm_error_set(err, FM_ERR_STATE,
+                            "a background snapshot is in progress");
+    fm_status st = fm_engine_flush(e, err);
+    if (st != FM_OK)
+        return st;
+    int64_t t0 = fm_monotonic_us();
+    uint64_t dirty = e->pstats.changes_since_save;
+    uint64_t at = wal_bytes_written(e);
+    struct fm_snapshot_stats ss;
+    st = write_snapshot(e, e->last_lsn, &ss, err);
+    if (st != FM_OK) {
+        e->pstats.last_save_ok = false;
+        note(e, FM_LOG_WARNING, "snapshot failed: %s", err->msg);
+        return st;
+    }
+    e->wal_bytes_at_save = at;
+    record_save(e, e->last_lsn, fm_monotonic_us() - t0, ss.file_bytes,
+                ss.raw_bytes, dirty);
+    note(e, FM_LOG_NOTICE, "snapshot at lsn %llu saved: %llu bytes",
+         (unsigned long long)e->last_lsn, (unsigned long long)ss.file_bytes);
+    return FM_OK;
+}
+
+/* Private_Dirty of this process in bytes, from /proc; 0 if unknown. */
+static uint64_t private_dirty_bytes(void)
+{
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    if (f == NULL)
+        return 0;
+    char line[256];
+    uint64_t total = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long long kb;
+        if (sscanf(line, "Private_Dirty: %llu kB", &kb) == 1)
+            total += kb * 1024;
+    }
+    fclose(f);
+    return total;
+}
+
+static void child_main(struct fm_engine *e, uint64_t lsn, int fd)
+{
+    struct fm_error err = {0};
+    struct fm_snapshot_stats ss = {0};
+    struct child_report rep = {0};
+    rep.ok = write_snapshot(e, lsn, &ss, &err) == FM_OK;
+    rep.file_bytes = ss.file_bytes;
+    rep.raw_bytes = ss.raw_bytes;
+    rep.cow_bytes = private_dirty_bytes();
+    if (!rep.ok)
+        note(e, FM_LOG_WARNING, "background snapshot failed: %s", err.msg);
+    ssize_t n = write(fd, &rep, sizeof(rep));
+    (void)n;
+    _exit(rep.ok ? 0 : 1);
+}
+
+fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err)
+{
+    if (e->wal == NULL)
+        return fm_error_set(err, FM_ERR_STATE,
+                            "no data directory: nothing to save to");
+    if (e->child_pid != 0)
+        return fm_error_set(err, FM_ERR_STATE,
+                            "a background snapshot is already in progress");
+    fm_status st = fm_engine_flush(e, err);
+    if (st != FM_OK)
+        return st;
+    int fds[2];
+    if (pipe(fds) != 0)
+        return fm_error_set(err, FM_ERR_IO, "pipe: %s", strerror(errno));
+    int64_t t0 = fm_monotonic_us();
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e2 = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return fm_error_set(err, FM_ERR_IO, "fork: %s", strerror(e2));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        child_main(e, e->last_lsn, fds[1]);
+    }
+    close(fds[1]);
+    e->pstats.last_fork_us = fm_monotonic_us() - t0;
+    e->child_pid = pid;
+    e->child_start_us = t0;
+    e->child_lsn = e->last_lsn;
+    e->child_pipe = fds[0];
+    e->child_dirty = e->pstats.changes_since_save;
+    e->child_wal_at = wal_bytes_written(e);
+    note(e, FM_LOG_NOTICE, "background snapshot started by pid %ld", (long)pid);
+    return FM_OK;
+}
+
+/* Collects a finished child; with block, waits for it. */
+static void reap_child(struct fm_engine *e, bool block)
+{
+    if (e->child_pid == 0)
+        return;
+    int status = 0;
+    pid_t r = waitpid(e->child_pid, &status, block ? 0 : WNOHANG);
+    if (r == 0 || (r < 0 && errno == EINTR))
+        return;
+    struct child_report rep = {0};
+    if (e->child_pipe >= 0) {
+        ssize_t n = read(e->child_pipe, &rep, sizeof(rep));
+        if (n != (ssize_t)sizeof(rep))
+            rep.ok = 0;
+        close(e->child_pipe);
+        e->child_pipe = -1;
+    }
+    bool ok = r > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 && rep.ok;
+    int64_t took = fm_monotonic_us() - e->child_start_us;
+    e->child_pid = 0;
+    e->pstats.last_cow_bytes = (size_t)rep.cow_bytes;
+    if (!ok) {
+        e->pstats.last_save_ok = false;
+        note(e, FM_LOG_WARNING, "background snapshot failed");
+        return;
+    }
+    e->wal_bytes_at_save = e->child_wal_at;
+    record_save(e, e->child_lsn, took, rep.file_bytes, rep.raw_bytes,
+                e->child_dirty);
+    note(e, FM_LOG_NOTICE,
+         "background snapshot at lsn %llu saved: %llu bytes, %llu ms, %llu "
+         "KiB copied on write",
+         (unsigned long long)e->child_lsn, (unsigned long long)rep.file_bytes,
+         (unsigned long long)took / 1000,
+         (unsigned long long)rep.cow_bytes / 1024);
+}
+
+void fm_engine_cron(struct fm_engine *e)
+{
+    if (e->wal == NULL)
+        return;
+    reap_child(e, false);
+    if (e->child_pid != 0 || e->readonly)
+        return;
+    uint64_t since = wal_bytes_written(e) - e->wal_bytes_at_save;
+    int64_t age_us = fm_monotonic_us() - e->last_save_mono_us;
+    bool by_time = e->pstats.changes_since_save > 0 &&
+                   age_us >= (int64_t)e->snap_cfg.interval_s * 1000000;
+    bool by_size = since >= e->snap_cfg.wal_mb * 1024 * 1024;
+    if (!by_time && !by_size)
+        return;
+    struct fm_error err = {0};
+    if (fm_engine_bgsave(e, &err) != FM_OK)
+        note(e, FM_LOG_WARNING, "cannot start a background snapshot: %s",
+             err.msg);
+}
+
+/* ---- flush, shutdown, stats ------------------------------------------------
+ */
+
+fm_status fm_engine_flush(struct fm_engine *e, struct fm_error *err)
+{
+    if (e->wal == NULL)
+        return FM_OK;
+    FM_ASSERT(!e->in_txn);
+    if (!fm_wal_has_pending(e->wal)) {
+        fm_txn_release_group(e);
+        return FM_OK;
+    }
+    struct fm_error werr = {0};
+    fm_status st = fm_wal_flush(e->wal, &werr);
+    if (st == FM_OK) {
+        fm_txn_release_group(e);
+        return FM_OK;
+    }
+    /* The group is not durable: undo all of it (SPEC section 4). */
+    fm_txn_rollback_to(e, 0);
+    go_readonly(e, werr.msg);
+    return fm_error_set(err, FM_ERR_READONLY,
+                        "the write-ahead log cannot be written: %s", werr.msg);
+}
+
+bool fm_engine_has_pending(const struct fm_engine *e)
+{
+    return e->wal != NULL && fm_wal_has_pending(e->wal);
+}
+
+const char *fm_engine_readonly_reason(const struct fm_engine *e)
+{
+    return e->readonly ? e->readonly_reason : NULL;
+}
+
+fm_status fm_engine_shutdown(struct fm_engine *e, bool nosave,
+                             struct fm_error *err)
+{
+    if (e->wal == NULL)
+        return FM_OK;
+    fm_status st = fm_engine_flush(e, err);
+    if (st == FM_OK)
+        st = fm_wal_sync(e->wal, err);
+    reap_child(e, true);
+    if (st == FM_OK && !nosave && e->pstats.changes_since_save > 0)
+        st = fm_engine_save(e, err);
+    return st;
+}
+
+fm_status fm_engine_set_fsync(struct fm_engine *e, enum fm_fsync_policy p,
+                              struct fm_error *err)
+{
+    if (e->wal != NULL) {
+        fm_status st = fm_wal_set_fsync(e->wal, wal_policy(p), err);
+        if (st != FM_OK)
+            return st;
+    }
+    e->fsync = p;
+    return FM_OK;
+}
+
+void fm_engine_set_snapshot_config(struct fm_engine *e,
+                                   const struct fm_snapshot_config *c)
+{
+    e->snap_cfg.interval_s = c->interval_s ? c->interval_s : 3600;
+    e->snap_cfg.wal_mb = c->wal_mb ? c->wal_mb : 256;
+    e->snap_cfg.keep = c->keep ? c->keep : 2;
+}
+
+void fm_engine_persist_stats(const struct fm_engine *e,
+                             struct fm_persist_stats *out)
+{
+    *out = e->pstats;
+    out->enabled = e->wal != NULL;
+    out->fsync = e->fsync;
+    out->readonly = e->readonly;
+    snprintf(out->readonly_reason, sizeof(out->readonly_reason), "%s",
+             e->readonly ? e->readonly_reason : "");
+    out->bgsave_in_progress = e->child_pid != 0;
+    if (e->wal == NULL)
+        return;
+    struct fm_wal_stats ws;
+    fm_wal_get_stats(e->wal, &ws);
+    out->next_lsn = ws.next_lsn;
+    out->durable_lsn = ws.durable_lsn;
+    out->wal_bytes = ws.total_bytes;
+    out->wal_segments = ws.n_segments;
+    out->wal_since_snapshot_bytes = ws.bytes_written - e->wal_bytes_at_save;
+}
+
+/* ---- recovery
+ * ------------------------------------------------------------------- */
+
+struct key_entry {
+    union {
+        size_t off;         /* while keys are built: offset in the buffer */
+        const uint8_t *key; /* once it stops moving: the key bytes */
+    } k;
+    uint32_t len;
+    uint64_t id;
+};
+
+static int key_entry_cmp(const void *a, const void *b)
+{
+    const struct key_entry *x = a;
+    const struct key_entry *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int r = memcmp(x->k.key, y->k.key, n);
+    if (r == 0)
+        r = (x->len > y->len) - (x->len < y->len);
+    if (r == 0)
+        r = (x->id > y->id) - (x->id < y->id);
+    return r;
+}
+
+/* Builds one B+tree from every row of its table: keys encoded once, sorted
+ * once, appended in order. */
+static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
+                             struct fm_buf *keys, struct fm_buf *ents)
+{
+    struct fm_row row;
+    keys->len = 0;
+    ents->len = 0;
+    for (uint64_t id = 1; id < t->next_id; id++) {
+        const uint8_t *rec = fm_table_record(t, id);
+        if (rec == NULL)
+            continue;
+        fm_table_decode(t, id, rec, &row);
+        struct key_entry ke;
+        ke.k.off = keys->len;
+        ke.id = id;
+        if (fm_index_key(ix, &row, keys) != FM_OK)
+            return FM_ERR_NOMEM;
+        ke.len = (uint32_t)(keys->len - ke.k.off);
+        if (fm_buf_append(ents, &ke, sizeof(ke)) != FM_OK)
+            return FM_ERR_NOMEM;
+    }
+    size_t n = ents->len / sizeof(struct key_entry);
+    struct key_entry *v = (struct key_entry *)(void *)ents->data;
+    for (size_t i = 0; i < n; i++)
+        v[i].k.key = keys->data + v[i].k.off;
+    if (n > 1)
+        qsort(v, n, sizeof(*v), key_entry_cmp);
+    for (size_t i = 0; i < n; i++) {
+        fm_status st = fm_btree_append(ix->bt, v[i].k.key, v[i].len, v[i].id);
+        if (st != FM_OK)
+            return st == FM_ERR_NOMEM ? st : FM_ERR_CORRUPT;
+    }
+    return FM_OK;
+}
+
+static fm_status build_hash(struct fm_engine *e, struct fm_table *t,
+                            struct fm_index *ix)
+{
+    struct fm_row row;
+    if (fm_hash_reserve(ix->h, (size_t)t->n_rows) != FM_OK)
+        return FM_ERR_NOMEM;
+    for (uint64_t id = 1; id < t->next_id; id++) {
+        const uint8_t *rec = fm_table_record(t, id);
+        if (rec == NULL)
+            continue;
+        fm_table_decode(t, id, rec, &row);
+        e->key.len = 0;
+        if (fm_index_key(ix, &row, &e->key) != FM_OK)
+            return FM_ERR_NOMEM;
+        fm_status st = fm_hash_insert(ix->h, e->key.data, e->key.len, id);
+        if (st != FM_OK)
+            return st == FM_ERR_NOMEM ? st : FM_ERR_CORRUPT;
+    }
+    return FM_OK;
+}
+
+static fm_status build_indexes(struct fm_engine *e)
+{
+    struct fm_buf keys = {0};
+    struct fm_buf ents = {0};
+    fm_status st = FM_OK;
+    for (size_t i = 0; i < e->schema.n_tables && st == FM_OK; i++) {
+        struct fm_table *t = &e->tables[i];
+        for (size_t k = 0; k < t->n_indexes && st == FM_OK; k++) {
+            struct fm_index *ix = &t->indexes[k];
+            st = ix->bt != NULL ? build_btree(t, ix, &keys, &ents)
+                                : build_hash(e, t, ix);
+        }
+    }
+    fm_buf_fini(&keys);
+    fm_buf_fini(&ents);
+    return st;
+}
+
+/* Empties every table, for a retry with an older snapshot. */
+static fm_status reset_tables(struct fm_engine *e)
+{
+    for (size_t i = 0; i < e->schema.n_tables; i++) {
+        fm_table_fini(&e->tables[i]);
+        fm_status st = fm_table_init(&e->tables[i], e, i);
+        if (st != FM_OK)
+            return st;
+    }
+    return FM_OK;
+}
+
+/* Parses chunk 0 into the tables' next_id and the expected row counts. */
+static bool read_header_chunk(struct fm_engine *e, const uint8_t *p, size_t len,
+                              uint64_t *n_rows)
+{
+    const uint8_t *end = p + len;
+    uint64_t n;
+    if (len < 8 || memcmp(p, "FMDB", 4) != 0 ||
+        fm_load_le32(p + 4) != SNAP_VERSION)
+        return false;
+    p += 8;
+    if (!take_varint(&p, end, &n) || n != e->schema.n_tables)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t next_id;
+        if (!take_varint(&p, end, &next_id) ||
+            !take_varint(&p, end, &n_rows[i]) || next_id == 0 ||
+            next_id > FM_ID_MAX || n_rows[i] >= next_id)
+            return false;
+        e->tables[i].next_id = next_id;
+    }
+    return p == end;
+}
+
+static bool read_rows_chunk(struct fm_engine *e, const uint8_t *p, size_t len,
+                            fm_status *st)
+{
+    const uint8_t *end = p + len;
+    uint64_t tno;
+    uint64_t prev = 0;
+    *st = FM_ERR_CORRUPT;
+    if (!take_varint(&p, end, &tno) || tno >= e->schema.n_tables)
+        return false;
+    struct fm_table *t = &e->tables[tno];
+    while (p < end) {
+        uint64_t id;
+        const uint8_t *rec;
+        size_t rec_len;
+        if (!take_varint(&p, end, &id) || id <= prev || id >= t->next_id ||
+            fm_table_record(t, id) != NULL ||
+            !take_record(t, &p, end, &rec, &rec_len))
+            return false;
+        prev = id;
+        uint64_t keep_next = t->next_id;
+        if ((*st = place_row(e, t, id, rec, rec_len, false)) != FM_OK)
+            return false;
+        t->next_id = keep_next;
+    }
+    *st = FM_OK;
+    return true;
+}
+
+/* Loads one snapshot file into the (empty) tables; *lsn_out its LSN. */
+static fm_status load_snapshot(struct fm_engine *e, const char *path,
+                               uint64_t *lsn_out, struct fm_error *err)
+{
+    struct fm_snapshot_reader *r = NULL;
+    uint64_t n_rows[FM_MAX_TABLES] = {0};
+    fm_status st = fm_snapshot_reader_open(
+        path, (const uint8_t *)e->schema.text, e->schema.text_len, &r, err);
+    if (st != FM_OK)
+        return st;
+    bool first = true;
+    for (;;) {
+        const uint8_t *chunk;
+        size_t len;
+        bool end;
+        if ((st = fm_snapshot_reader_next(r, &chunk, &len, &end, err)) != FM_OK)
+            goto out;
+        if (end)
+            break;
+        bool ok = first ? read_header_chunk(e, chunk, len, n_rows)
+                        : read_rows_chunk(e, chunk, len, &st);
+        if (first)
+            st = ok ? FM_OK : FM_ERR_CORRUPT;
+        first = false;
+        if (!ok) {
+            if (st == FM_ERR_CORRUPT)
+                fm_error_set(err, st, "%s: malformed table data", path);
+            else
+                fm_error_set(err, st, "%s: out of memory loading", path);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < e->schema.n_tables; i++) {
+        if (first || e->tables[i].n_rows != n_rows[i]) {
+            st = fm_error_set(err, FM_ERR_CORRUPT,
+                              "%s: table %s has %llu rows, the header says "
+                              "%llu",
+                              path, e->schema.tables[i].name,
+                              (unsigned long long)e->tables[i].n_rows,
+                              (unsigned long long)n_rows[i]);
+            goto out;
+        }
+    }
+    if ((st = build_indexes(e)) != FM_OK) {
+        fm_error_set(err, st, "%s: %s while building indexes", path,
+                     st == FM_ERR_NOMEM ? "out of memory"
+                                        : "a unique key is duplicated");
+        goto out;
+    }
+    *lsn_out = fm_snapshot_reader_lsn(r);
+out:
+    fm_snapshot_reader_close(r);
+    return st;
+}
+
+/* Loads the newest snapshot that reads back whole; *lsn_out 0 if none. */
+static fm_status load_newest_snapshot(struct fm_engine *e, uint64_t *lsn_out,
+                                      struct fm_error *err)
+{
+    struct fm_snapshot_list list = {0};
+    fm_status st = fm_snapshot_list_dir(e->dir, &list, err);
+    *lsn_out = 0;
+    if (st != FM_OK)
+        return st;
+    for (size_t i = 0; i < list.n; i++) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%s", e->dir, list.items[i].file);
+        struct fm_error lerr = {0};
+        st = load_snapshot(e, path, lsn_out, &lerr);
+        if (st == FM_OK)
+            break;
+        if (st == FM_ERR_SCHEMA || st == FM_ERR_NOMEM) {
+            fm_error_set(err, st, "%s", lerr.msg);
+            break;
+        }
+        note(e, FM_LOG_WARNING,
+             "snapshot %s is unusable (%s); trying an "
+             "older one",
+             list.items[i].file, lerr.msg);
+        if ((st = reset_tables(e)) != FM_OK) {
+            fm_error_set(err, st, "out of memory");
+            break;
+        }
+        st = FM_OK;
+        *lsn_out = 0;
+    }
+    fm_snapshot_list_fini(&list);
+    return st;
+}
+
+static void wal_log(void *ctx, enum fm_log_level level, const char *msg)
+{
+    struct fm_engine *e = ctx;
+    if (e->log != NULL)
+        e->log(e->log_ctx, level, msg);
+}
+
+static fm_status replay_wal(struct fm_engine *e, uint64_t after,
+                            struct fm_error *err)
+{
+    struct fm_wal_iter *it = NULL;
+    fm_status st = fm_wal_iter_open(e->wal, after, &it, err);
+    if (st != FM_OK)
+        return st;
+    e->last_lsn = after;
+    for (;;) {
+        struct fm_wal_record rec;
+        bool end;
+        if ((st = fm_wal_iter_next(it, &rec, &end, err)) != FM_OK || end)
+            break;
+        const char *why = "";
+        st = apply_redo(e, rec.payload, rec.len, &why);
+        if (st != FM_OK) {
+            fm_error_set(err, st,
+                         "WAL record at lsn %llu cannot be applied: "
+                         "%s",
+                         (unsigned long long)rec.lsn,
+                         st == FM_ERR_NOMEM ? "out of memory" : why);
+            break;
+        }
+        e->last_lsn = rec.lsn;
+        e->pstats.recovered_records++;
+        e->wal_bytes_at_save -= rec.len; /* counts toward the next trigger */
+    }
+    fm_wal_iter_close(it);
+    return st;
+}
+
+fm_status fm_persist_open(struct fm_engine *e,
+                          const struct fm_engine_options *opts,
+                          struct fm_error *err)
+{
+    int64_t t0 = fm_monotonic_us();
+    size_t n = strlen(opts->dir);
+    e->dir = fm_malloc(n + 1);
+    if (e->dir == NULL)
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    memcpy(e->dir, opts->dir, n + 1);
+    e->fsync = opts->fsync;
+    fm_engine_set_snapshot_config(e, &opts->snapshot);
+    if (mkdir(e->dir, 0755) != 0 && errno != EEXIST)
+        return fm_error_set(err, FM_ERR_IO, "cannot create %s: %s", e->dir,
+                            strerror(errno));
+    uint64_t snap_lsn;
+    fm_status st = load_newest_snapshot(e, &snap_lsn, err);
+    if (st != FM_OK)
+        return st;
+    for (size_t i = 0; i < e->schema.n_tables; i++)
+        e->pstats.recovered_rows += e->tables[i].n_rows;
+    struct fm_wal_options wo = {0};
+    wo.dir = e->dir;
+    wo.schema = (const uint8_t *)e->schema.text;
+    wo.schema_len = e->schema.text_len;
+    wo.fsync = wal_policy(opts->fsync);
+    wo.segment_size = opts->wal_segment_bytes;
+    wo.start_lsn = snap_lsn + 1;
+    wo.force_recovery = opts->force_recovery;
+    wo.io = opts->wal_io;
+    wo.log_fn = wal_log;
+    wo.log_ctx = e;
+    if ((st = fm_wal_open(&wo, &e->wal, err)) != FM_OK)
+        return st;
+    e->wal_bytes_at_save = 0;
+    if ((st = replay_wal(e, snap_lsn, err)) != FM_OK)
+        return st;
+    e->save_lsn = snap_lsn;
+    e->pstats.last_save_lsn = snap_lsn;
+    e->pstats.last_save_ok = true;
+    e->pstats.changes_since_save = e->pstats.recovered_records;
+    e->last_save_mono_us = fm_monotonic_us();
+    e->pstats.recovery_us = fm_monotonic_us() - t0;
+    note(e, FM_LOG_NOTICE,
+         "recovered %llu rows from the snapshot at lsn %llu and %llu WAL "
+         "records in %.3f s",
+         (unsigned long long)e->pstats.recovered_rows,
+         (unsigned long long)snap_lsn,
+         (unsigned long long)e->pstats.recovered_records,
+         (double)e->pstats.recovery_us / 1e6);
+    return FM_OK;
+}
+
+void fm_persist_close(struct fm_engine *e)
+{
+    if (e->child_pid != 0) {
+        kill(e->child_pid, SIGKILL);
+        reap_child(e, true);
+    }
+    fm_wal_close(e->wal);
+    e->wal = NULL;
+    fm_free(e->dir);
+    e->dir = NULL;
+}

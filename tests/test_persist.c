@@ -1,0 +1,546 @@
+/*
+ * test_persist.c: the engine with a data directory: redo records,
+ * snapshots, recovery and the WAL's failure modes (SPEC section 4), through
+ * the public API of engine/fermata.h.
+ *
+ * Every test works in its own temporary directory. "The same data" is
+ * checked by dumping every table with FIND before and after a restart: the
+ * row images carry ids and timestamps, so a recovered database must dump
+ * byte for byte as the one that wrote it.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/fermata.h"
+#include "wal/wal.h"
+
+static char dir[256];
+static struct fm_reply reply;
+
+static void setup(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/fm_persist_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+    fm_reply_fini(&reply);
+}
+
+TestSuite(persist, .init = setup, .fini = teardown);
+
+static struct fm_engine_options options(enum fm_fsync_policy p)
+{
+    struct fm_engine_options o = {0};
+    o.dir = dir;
+    o.fsync = p;
+    return o;
+}
+
+static struct fm_engine *open_db_with(const struct fm_engine_options *o)
+{
+    struct fm_engine *e = NULL;
+    struct fm_error err = {0};
+    fm_status st = fm_engine_new(o, &e, &err);
+    cr_assert_eq(st, FM_OK, "open: %s %s", fm_status_name(st), err.msg);
+    return e;
+}
+
+static struct fm_engine *open_db(void)
+{
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    return open_db_with(&o);
+}
+
+static fm_status run(struct fm_engine *e, const char *cmd)
+{
+    static char copy[4096];
+    const uint8_t *argv[64];
+    size_t lens[64];
+    size_t argc = 0;
+    snprintf(copy, sizeof(copy), "%s", cmd);
+    for (char *t = strtok(copy, " "); t != NULL; t = strtok(NULL, " ")) {
+        argv[argc] = (const uint8_t *)t;
+        lens[argc++] = strlen(t);
+    }
+    fm_reply_reset(&reply);
+    return fm_engine_exec(e, argc, argv, lens, &reply);
+}
+
+static void ok(struct fm_engine *e, const char *cmd)
+{
+    fm_status st = run(e, cmd);
+    cr_assert_eq(st, FM_OK, "%s: %s", cmd, fm_status_name(st));
+}
+
+static void flush(struct fm_engine *e)
+{
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_flush(e, &err), FM_OK, "%s", err.msg);
+}
+
+/* Every table, every row, as text (malloc'ed). */
+static char *dump(struct fm_engine *e)
+{
+    size_t cap = 1 << 22;
+    char *out = malloc(cap);
+    size_t o = 0;
+    for (size_t i = 0; i < fm_engine_table_count(e); i++) {
+        struct fm_table_stats s;
+        fm_engine_table_stats(e, i, &s);
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "FIND %s", s.name);
+        cr_assert_eq(run(e, cmd), FM_OK);
+        o += (size_t)snprintf(out + o, cap - o, "%s next %llu:", s.name,
+                              (unsigned long long)s.next_id);
+        struct fm_reply_cursor c;
+        struct fm_reply_value v;
+        fm_reply_cursor_init(&c, &reply);
+        while (fm_reply_next(&c, &v) && o < cap - 64) {
+            if (v.type == FM_REPLY_INT)
+                o +=
+                    (size_t)snprintf(out + o, cap - o, " %lld", (long long)v.i);
+            else if (v.type == FM_REPLY_BULK)
+                o += (size_t)snprintf(out + o, cap - o, " %.*s", (int)v.len,
+                                      (const char *)v.str);
+            else if (v.type == FM_REPLY_NIL)
+                o += (size_t)snprintf(out + o, cap - o, " nil");
+            else if (v.type == FM_REPLY_ARRAY)
+                o += (size_t)snprintf(out + o, cap - o, " [%zu]", v.n);
+        }
+        o += (size_t)snprintf(out + o, cap - o, "\n");
+    }
+    return out;
+}
+
+static void seed(struct fm_engine *e, int n)
+{
+    char cmd[512];
+    ok(e, "INSERT genres name rock");
+    ok(e, "INSERT albums title A year 1999");
+    for (int i = 1; i <= n; i++) {
+        snprintf(cmd, sizeof(cmd),
+                 "INSERT users username u%d email e%d password_digest d "
+                 "session_token s%d",
+                 i, i, i % 7);
+        ok(e, cmd);
+        snprintf(cmd, sizeof(cmd),
+                 "INSERT tracks title t%d song_url url%d album_id 1 "
+                 "popularity %d genre_id 1",
+                 i, i, i % 100);
+        ok(e, cmd);
+        snprintf(cmd, sizeof(cmd), "INSERT playlists title p%d user_id %d", i,
+                 i);
+        ok(e, cmd);
+        snprintf(cmd, sizeof(cmd),
+                 "INSERT playlist_tracks playlist_id %d track_id %d", i, i);
+        ok(e, cmd);
+    }
+    for (int i = 1; i <= n; i++) {
+        snprintf(cmd, sizeof(cmd),
+                 "UPSERT user_track_history user_id %d track_id %d INCR "
+                 "listen_count %d",
+                 i, (i * 7) % n + 1, i);
+        ok(e, cmd);
+    }
+}
+
+/* Changes of every kind: updates, INCR, cascades, SET NULL, deletes. */
+static void churn(struct fm_engine *e, int n)
+{
+    char cmd[256];
+    for (int i = 1; i <= n; i += 3) {
+        snprintf(cmd, sizeof(cmd), "UPDATE users %d email new%d", i, i);
+        ok(e, cmd);
+        snprintf(cmd, sizeof(cmd),
+                 "UPSERT user_track_history user_id %d track_id %d INCR "
+                 "listen_count 5 SET rating 1",
+                 i, (i * 7) % n + 1);
+        ok(e, cmd);
+    }
+    for (int i = 2; i <= n; i += 5) {
+        snprintf(cmd, sizeof(cmd), "DELETE users %d", i);
+        ok(e, cmd);
+    }
+    ok(e, "DELETE genres 1");
+    cr_assert_eq(run(e, "INSERT genres name rock"), FM_OK);
+    cr_assert_eq(run(e, "INSERT genres name rock"), FM_ERR_UNIQUE);
+}
+
+static void reopen_and_compare(struct fm_engine **e)
+{
+    char *before = dump(*e);
+    fm_engine_free(*e);
+    *e = open_db();
+    char *after = dump(*e);
+    cr_assert_str_eq(before, after);
+    free(before);
+    free(after);
+}
+
+Test(persist, flushed_writes_survive_a_restart_through_the_wal)
+{
+    struct fm_engine *e = open_db();
+    seed(e, 50);
+    churn(e, 50);
+    flush(e);
+    reopen_and_compare(&e);
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(e, &ps);
+    cr_assert(ps.enabled);
+    cr_assert_eq(ps.recovered_rows, 0);
+    cr_assert_gt(ps.recovered_records, 250);
+    ok(e, "INSERT artists name after_restart");
+    cr_assert_eq(reply.buf.len > 0, true);
+    fm_engine_free(e);
+}
+
+Test(persist, unflushed_writes_are_lost_and_nothing_else)
+{
+    struct fm_engine *e = open_db();
+    seed(e, 10);
+    flush(e);
+    char *durable = dump(e);
+    ok(e, "INSERT artists name never_flushed");
+    fm_engine_free(e);
+    e = open_db();
+    char *after = dump(e);
+    cr_assert_str_eq(durable, after);
+    free(durable);
+    free(after);
+    fm_engine_free(e);
+}
+
+Test(persist, snapshot_plus_wal_recovers_the_same_state)
+{
+    struct fm_engine *e = open_db();
+    struct fm_error err = {0};
+    seed(e, 60);
+    cr_assert_eq(fm_engine_save(e, &err), FM_OK, "%s", err.msg);
+    churn(e, 60);
+    flush(e);
+    reopen_and_compare(&e);
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(e, &ps);
+    cr_assert_gt(ps.recovered_rows, 300, "rows came from the snapshot");
+    cr_assert_gt(ps.recovered_records, 20, "the churn came from the WAL");
+    cr_assert_lt(ps.recovered_records, 100);
+    /* Indexes built in bulk at load answer as before. */
+    cr_assert_eq(run(e, "FIND users WHERE username = u1"), FM_OK);
+    cr_assert_eq(run(e, "INSERT users username u1 email x password_digest d "
+                        "session_token s"),
+                 FM_ERR_UNIQUE);
+    cr_assert_eq(run(e, "COUNT user_track_history WHERE user_id = 1"), FM_OK);
+    fm_engine_free(e);
+}
+
+Test(persist, background_snapshot_in_a_child_is_loaded_at_restart)
+{
+    struct fm_engine *e = open_db();
+    struct fm_error err = {0};
+    seed(e, 40);
+    cr_assert_eq(fm_engine_bgsave(e, &err), FM_OK, "%s", err.msg);
+    cr_assert_eq(fm_engine_bgsave(e, &err), FM_ERR_STATE,
+                 "one snapshot at a time");
+    /* The parent keeps serving writes while the child works. */
+    ok(e, "INSERT artists name during_bgsave");
+    flush(e);
+    struct fm_persist_stats ps;
+    for (int i = 0; i < 3000; i++) {
+        fm_engine_cron(e);
+        fm_engine_persist_stats(e, &ps);
+        if (!ps.bgsave_in_progress)
+            break;
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
+    cr_assert(!ps.bgsave_in_progress, "the child finished");
+    cr_assert(ps.last_save_ok);
+    cr_assert_gt(ps.last_save_bytes, 0);
+    cr_assert_gt(ps.last_save_raw_bytes, ps.last_save_bytes / 4);
+    cr_assert_eq(ps.changes_since_save, 1, "the insert during the save");
+    reopen_and_compare(&e);
+    fm_engine_persist_stats(e, &ps);
+    cr_assert_gt(ps.recovered_rows, 100);
+    cr_assert_eq(ps.recovered_records, 1);
+    fm_engine_free(e);
+}
+
+static void flip_byte(const char *path, long off_from_end)
+{
+    int fd = open(path, O_RDWR);
+    cr_assert_geq(fd, 0, "%s", path);
+    struct stat sb;
+    cr_assert_eq(fstat(fd, &sb), 0);
+    off_t off = sb.st_size - off_from_end;
+    uint8_t b;
+    cr_assert_eq(pread(fd, &b, 1, off), 1);
+    b ^= 0x40;
+    cr_assert_eq(pwrite(fd, &b, 1, off), 1);
+    close(fd);
+}
+
+/* Path of the file in dir with the greatest name ending in suffix. */
+static void newest(const char *suffix, char *out, size_t cap)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char best[256] = "";
+    while ((de = readdir(d)) != NULL) {
+        size_t n = strlen(de->d_name);
+        size_t s = strlen(suffix);
+        if (n > s && strcmp(de->d_name + n - s, suffix) == 0 &&
+            strcmp(de->d_name, best) > 0)
+            snprintf(best, sizeof(best), "%s", de->d_name);
+    }
+    closedir(d);
+    cr_assert_neq(best[0], '\0', "no *%s in %s", suffix, dir);
+    snprintf(out, cap, "%s/%s", dir, best);
+}
+
+Test(persist, a_bad_snapshot_falls_back_to_the_previous_one)
+{
+    struct fm_engine *e = open_db();
+    struct fm_error err = {0};
+    seed(e, 30);
+    cr_assert_eq(fm_engine_save(e, &err), FM_OK, "%s", err.msg);
+    churn(e, 30);
+    cr_assert_eq(fm_engine_save(e, &err), FM_OK, "%s", err.msg);
+    ok(e, "INSERT artists name after_second_save");
+    flush(e);
+    char *before = dump(e);
+    fm_engine_free(e);
+    char path[512];
+    newest(".snap", path, sizeof(path));
+    flip_byte(path, 100);
+    e = open_db();
+    char *after = dump(e);
+    cr_assert_str_eq(before, after);
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(e, &ps);
+    cr_assert_gt(ps.recovered_records, 10, "the longer WAL was replayed");
+    free(before);
+    free(after);
+    fm_engine_free(e);
+}
+
+Test(persist, another_schema_is_refused_with_a_clear_error)
+{
+    struct fm_engine *e = open_db();
+    seed(e, 3);
+    flush(e);
+    fm_engine_free(e);
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    const char *ddl = "CREATE TABLE other (x integer);";
+    o.schema_text = ddl;
+    o.schema_len = strlen(ddl);
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_new(&o, &e, &err), FM_ERR_SCHEMA, "%s", err.msg);
+    cr_assert_not_null(strstr(err.msg, ".wal"), "names the file: %s", err.msg);
+}
+
+Test(persist, a_second_engine_on_the_same_directory_is_refused)
+{
+    struct fm_engine *e = open_db();
+    struct fm_engine *e2 = NULL;
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_new(&o, &e2, &err), FM_ERR_LOCKED, "%s", err.msg);
+    fm_engine_free(e);
+}
+
+Test(persist, a_torn_last_record_is_cut_and_the_rest_recovered)
+{
+    struct fm_engine *e = open_db();
+    seed(e, 5);
+    flush(e);
+    char *durable = dump(e);
+    ok(e, "INSERT artists name torn");
+    flush(e);
+    fm_engine_free(e);
+    char path[512];
+    newest(".wal", path, sizeof(path));
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq(truncate(path, sb.st_size - 3), 0);
+    e = open_db();
+    char *after = dump(e);
+    cr_assert_str_eq(durable, after);
+    free(durable);
+    free(after);
+    fm_engine_free(e);
+}
+
+Test(persist, a_bad_record_before_good_ones_stops_recovery)
+{
+    struct fm_engine *e = open_db();
+    seed(e, 5);
+    flush(e);
+    ok(e, "INSERT artists name a");
+    flush(e);
+    ok(e, "INSERT artists name b");
+    flush(e);
+    fm_engine_free(e);
+    char path[512];
+    newest(".wal", path, sizeof(path));
+    flip_byte(path, 60);
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_new(&o, &e, &err), FM_ERR_CORRUPT, "%s", err.msg);
+    cr_assert_not_null(strstr(err.msg, ".wal"), "%s", err.msg);
+    o.force_recovery = true;
+    cr_assert_eq(fm_engine_new(&o, &e, &err), FM_OK, "%s", err.msg);
+    cr_assert_eq(run(e, "COUNT artists"), FM_OK);
+    fm_engine_free(e);
+}
+
+/* A WAL whose fdatasync fails from the n-th call on. */
+struct faulty {
+    int calls;
+    int fail_from;
+};
+
+static int f_open(void *ctx, const char *path, int flags, int mode)
+{
+    (void)ctx;
+    return open(path, flags, mode);
+}
+static ssize_t f_pwrite(void *ctx, int fd, const void *b, size_t n, off_t o)
+{
+    (void)ctx;
+    return pwrite(fd, b, n, o);
+}
+static int f_fdatasync(void *ctx, int fd)
+{
+    struct faulty *f = ctx;
+    if (++f->calls >= f->fail_from) {
+        errno = EIO;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+static int f_fsync(void *ctx, int fd)
+{
+    (void)ctx;
+    return fsync(fd);
+}
+static int f_ftruncate(void *ctx, int fd, off_t len)
+{
+    (void)ctx;
+    return ftruncate(fd, len);
+}
+static int f_rename(void *ctx, const char *a, const char *b)
+{
+    (void)ctx;
+    return rename(a, b);
+}
+static int f_unlink(void *ctx, const char *p)
+{
+    (void)ctx;
+    return unlink(p);
+}
+static int f_close(void *ctx, int fd)
+{
+    (void)ctx;
+    return close(fd);
+}
+
+Test(persist, a_failed_fsync_rolls_back_the_group_and_refuses_writes)
+{
+    struct faulty f = {0, 1000000};
+    struct fm_wal_io io = {&f,          f_open,   f_pwrite,
+                           f_fdatasync, f_fsync,  f_ftruncate,
+                           f_rename,    f_unlink, f_close};
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    o.wal_io = &io;
+    struct fm_engine *e = open_db_with(&o);
+    seed(e, 5);
+    flush(e);
+    char *durable = dump(e);
+    f.fail_from = f.calls + 1;
+    ok(e, "INSERT artists name lost");
+    ok(e, "UPDATE users 1 email lost@x");
+    ok(e, "DELETE users 2");
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_flush(e, &err), FM_ERR_READONLY);
+    cr_assert_not_null(fm_engine_readonly_reason(e));
+    char *now = dump(e);
+    cr_assert_str_eq(durable, now, "the whole group was rolled back");
+    cr_assert_eq(run(e, "INSERT artists name later"), FM_ERR_READONLY);
+    cr_assert_eq(run(e, "COUNT users"), FM_OK, "reads go on");
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(e, &ps);
+    cr_assert(ps.readonly);
+    fm_engine_free(e);
+    e = open_db();
+    char *after = dump(e);
+    cr_assert_str_eq(durable, after, "a restart recovers what was durable");
+    free(durable);
+    free(now);
+    free(after);
+    fm_engine_free(e);
+}
+
+Test(persist, multi_is_one_record_and_replays_atomically)
+{
+    struct fm_engine *e = open_db();
+    seed(e, 5);
+    const uint8_t *a1[] = {(const uint8_t *)"INSERT",
+                           (const uint8_t *)"artists", (const uint8_t *)"name",
+                           (const uint8_t *)"m1"};
+    const uint8_t *a2[] = {(const uint8_t *)"DELETE", (const uint8_t *)"users",
+                           (const uint8_t *)"3"};
+    size_t l1[] = {6, 7, 4, 2};
+    size_t l2[] = {6, 5, 1};
+    struct fm_command cmds[] = {{4, a1, l1}, {3, a2, l2}};
+    fm_reply_reset(&reply);
+    cr_assert_eq(fm_engine_exec_multi(e, 2, cmds, &reply), FM_OK);
+    flush(e);
+    reopen_and_compare(&e);
+    fm_engine_free(e);
+}
+
+Test(persist, shutdown_saves_and_the_next_start_reads_only_the_snapshot)
+{
+    struct fm_engine *e = open_db();
+    struct fm_error err = {0};
+    seed(e, 20);
+    char *before = dump(e);
+    cr_assert_eq(fm_engine_shutdown(e, false, &err), FM_OK, "%s", err.msg);
+    fm_engine_free(e);
+    e = open_db();
+    char *after = dump(e);
+    cr_assert_str_eq(before, after);
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(e, &ps);
+    cr_assert_eq(ps.recovered_records, 0);
+    free(before);
+    free(after);
+    fm_engine_free(e);
+}
+
+Test(persist, memory_only_engine_has_no_persistence)
+{
+    struct fm_engine *e = NULL;
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_new(NULL, &e, &err), FM_OK);
+    cr_assert_eq(fm_engine_save(e, &err), FM_ERR_STATE);
+    cr_assert_eq(fm_engine_flush(e, &err), FM_OK);
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(e, &ps);
+    cr_assert(!ps.enabled);
+    fm_engine_free(e);
+}
