@@ -174,6 +174,9 @@ static void expect_error(const char *cmd, fm_status want)
     cr_assert_eq(v.st, want);
     char *after = dump();
     cr_assert_str_eq(before, after, "%s changed the data", cmd);
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_check(db, &err), FM_OK, "after %s: %s", cmd,
+                 err.msg);
     free(before);
     free(after);
 }
@@ -778,6 +781,8 @@ Test(engine, every_allocation_failure_in_a_write_changes_nothing)
                 free(before);
                 break;
             }
+            struct fm_error cerr = {0};
+            cr_assert_eq(fm_engine_check(db, &cerr), FM_OK, "%s", cerr.msg);
             if (st != FM_OK) {
                 char *after = dump();
                 cr_assert_str_eq(before, after,

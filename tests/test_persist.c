@@ -181,11 +181,19 @@ static void churn(struct fm_engine *e, int n)
     cr_assert_eq(run(e, "INSERT genres name rock"), FM_ERR_UNIQUE);
 }
 
+static void check(struct fm_engine *e)
+{
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_check(e, &err), FM_OK, "%s", err.msg);
+}
+
 static void reopen_and_compare(struct fm_engine **e)
 {
+    check(*e);
     char *before = dump(*e);
     fm_engine_free(*e);
     *e = open_db();
+    check(*e);
     char *after = dump(*e);
     cr_assert_str_eq(before, after);
     free(before);
