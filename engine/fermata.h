@@ -291,4 +291,38 @@ size_t fm_engine_memory_bytes(const struct fm_engine *e);
 /* The schema text the engine was created with (borrowed). */
 const char *fm_engine_schema_text(const struct fm_engine *e, size_t *len_out);
 
+/* ---- Offline verification (fermata-check) ------------------------------- */
+
+/* What one file of a data directory holds. */
+struct fm_check_item {
+    bool is_snapshot;    /* else a WAL segment */
+    const char *file;    /* name inside the directory */
+    uint64_t first_lsn;  /* segment: first record; snapshot: its LSN */
+    uint64_t last_lsn;   /* segment: last valid record */
+    uint64_t n_records;  /* segment: valid records; snapshot: chunks */
+    uint64_t size_bytes; /* the file */
+    uint64_t raw_bytes;  /* snapshot: uncompressed */
+    int64_t bad_offset;  /* first damaged byte, or -1 */
+    uint64_t torn_bytes; /* segment: a torn tail (cut by --fix) */
+    fm_status st;        /* FM_OK or what is wrong */
+    const char *msg;     /* "" when st is FM_OK */
+    size_t n_tables;     /* snapshot: per-table row counts follow */
+    const char *const *table_names;
+    const uint64_t *table_rows;
+};
+
+typedef void (*fm_check_fn)(void *ctx, const struct fm_check_item *item);
+
+/*
+ * Verifies every snapshot and WAL segment of dir without loading it and
+ * without changing anything (unless fix), reporting each file through fn:
+ * snapshots newest first, then segments in LSN order. schema_text NULL
+ * means the built-in default schema. With fix, a torn WAL tail is cut (this
+ * takes the directory lock: FM_ERR_LOCKED while a server runs). Returns
+ * FM_OK when everything is sound, else the first problem's status.
+ */
+fm_status fm_check_dir(const char *dir, const char *schema_text,
+                       size_t schema_len, bool fix, fm_check_fn fn, void *ctx,
+                       struct fm_error *err);
+
 #endif /* FM_FERMATA_H */

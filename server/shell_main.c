@@ -6,10 +6,11 @@
  * escapes, 'single quotes' literal), runs them against an in-memory
  * database and prints the replies the way redis-cli does. MULTI, EXEC and
  * DISCARD queue commands and run them as one atomic transaction. Nothing is
- * persisted: the shell is for trying the command language and the schema
- * by hand, and for scripts that want a database for the length of a pipe.
+ * persisted unless --dir names a data directory: then the shell recovers
+ * it at start, flushes the WAL after every line (fsync always), takes a
+ * snapshot on SAVE and at the end, exactly as the server would.
  *
- *   fermata-shell [--schema FILE]
+ *   fermata-shell [--schema FILE] [--dir DIR]
  */
 #include <errno.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@ struct shell {
     struct fm_reply reply;
     struct fm_resp_parser parser;
     bool in_multi;
+    bool quit;
     size_t n_queued;
     struct queued queue[QUEUE_MAX];
 };
@@ -216,6 +218,14 @@ static void run_request(struct shell *sh, const struct fm_resp_request *req)
         printf("PONG\n");
         return;
     }
+    if (is_word(name, len, "SAVE")) {
+        struct fm_error err = {0};
+        if (fm_engine_save(sh->engine, &err) == FM_OK)
+            printf("OK\n");
+        else
+            printf("(error) ERR %s\n", err.msg);
+        return;
+    }
     fm_engine_exec(sh->engine, req->argc, req->argv, req->argv_len, &sh->reply);
     print_reply(&sh->reply);
 }
@@ -239,8 +249,9 @@ static void run_line(struct shell *sh, uint8_t *line, size_t len)
         return;
     if (is_word(req.argv[0], req.argv_len[0], "QUIT") ||
         is_word(req.argv[0], req.argv_len[0], "EXIT"))
-        exit(0);
-    run_request(sh, &req);
+        sh->quit = true;
+    else
+        run_request(sh, &req);
 }
 
 static char *read_file(const char *path, size_t *len_out)
@@ -283,8 +294,12 @@ int main(int argc, char **argv)
                 return 1;
             }
             opts.schema_text = schema;
+        } else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) {
+            opts.dir = argv[++i];
+            opts.fsync = FM_FSYNC_ALWAYS;
         } else {
-            fprintf(stderr, "usage: fermata-shell [--schema FILE]\n");
+            fprintf(stderr,
+                    "usage: fermata-shell [--schema FILE] [--dir DIR]\n");
             return 2;
         }
     }
@@ -307,7 +322,7 @@ int main(int argc, char **argv)
             printf("fermata> ");
             fflush(stdout);
         }
-        if ((n = getline(&line, &cap, stdin)) < 0)
+        if (sh.quit || (n = getline(&line, &cap, stdin)) < 0)
             break;
         if (n == 0 || line[n - 1] != '\n') {
             /* The last line of a file may lack its newline. */
@@ -319,8 +334,13 @@ int main(int argc, char **argv)
             line[n] = '\0';
         }
         run_line(&sh, (uint8_t *)line, (size_t)n);
+        if (fm_engine_flush(sh.engine, &err) != FM_OK)
+            printf("(error) READONLY %s\n", err.msg);
+        fm_engine_cron(sh.engine);
         fflush(stdout);
     }
+    if (fm_engine_shutdown(sh.engine, false, &err) != FM_OK)
+        fprintf(stderr, "fermata-shell: %s\n", err.msg);
     free(line);
     drop_queue(&sh);
     fm_resp_parser_fini(&sh.parser);
