@@ -397,11 +397,26 @@ void fm_client_execute(struct fm_client *c, const struct fm_args *a)
         cmd->fn(c, a, r);
     stat->usec += (uint64_t)(fm_monotonic_us() - t0);
     stat->calls++;
-    if (reply_is_error(r)) {
+    bool failed = reply_is_error(r);
+    if (failed) {
         stat->failed++;
         srv->total_errors++;
     }
+    /* A write that succeeded waits in the WAL buffer until the turn's flush;
+     * remember where its reply starts in case that flush fails. EXEC counts
+     * as a write whatever it ran: being conservative costs nothing. */
+    bool wrote =
+        !failed &&
+        ((engine && fm_engine_command_is_write(a->argv[0], a->argv_len[0])) ||
+         (cmd != NULL && cmd->fn == cmd_exec));
+    if (wrote && !c->turn_wrote) {
+        c->turn_wrote = true;
+        c->turn_mark = c->out.len;
+        c->turn_n_replies = 0;
+    }
 out:
+    if (c->turn_wrote)
+        c->turn_n_replies++;
     fm_client_append_reply(c, r);
 }
 
@@ -972,9 +987,32 @@ static void cmd_help(struct fm_client *c, const struct fm_args *a,
 static void cmd_save(struct fm_client *c, const struct fm_args *a,
                      struct fm_reply *r)
 {
-    (void)c;
-    (void)a;
-    fm_reply_error(r, FM_ERR_STATE,
-                   "not yet available: snapshots arrive with the WAL and "
-                   "snapshot layer, which this build does not have");
+    struct fm_engine *e = c->srv->engine;
+    struct fm_error err = {0};
+    fm_status st;
+    if (arg_is(a, 0, "LASTSAVE")) {
+        struct fm_persist_stats ps;
+        fm_engine_persist_stats(e, &ps);
+        fm_reply_int(r, ps.last_save_time_s);
+        return;
+    }
+    if (arg_is(a, 0, "SAVE")) {
+        st = fm_engine_save(e, &err);
+        if (st == FM_OK)
+            fm_reply_status(r, "OK");
+    } else {
+        if (a->argc > 2 || (a->argc == 2 && !arg_is(a, 1, "SCHEDULE"))) {
+            fm_reply_error(r, FM_ERR_SYNTAX, "syntax error");
+            return;
+        }
+        st = fm_engine_bgsave(e, &err);
+        if (st == FM_OK)
+            fm_reply_status(r, "Background saving started");
+    }
+    if (st != FM_OK) {
+        fm_log_write(&c->srv->log, FM_LOG_WARNING, "%s failed: %s",
+                     arg_is(a, 0, "SAVE") ? "SAVE" : "BGSAVE", err.msg);
+        fm_reply_error(r, st,
+                       err.msg[0] != '\0' ? err.msg : fm_status_message(st));
+    }
 }

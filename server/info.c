@@ -19,8 +19,9 @@
  * Redis tools (redis_version, db0 in keyspace) and say so in
  * docs/protocol.md.
  *
- * Persistence reports what is true of this build: the WAL and snapshots are
- * not built yet, so wal_enabled is 0 and the data lives in memory only.
+ * Persistence comes from fm_engine_persist_stats: the WAL (LSNs, bytes,
+ * the read-only state and its reason) and the snapshots. The rdb_* fields
+ * repeat the snapshot figures under Redis' names for Redis tools.
  *
  * CONFIG SET of several parameters is all-or-nothing, as in Redis 7: each
  * old value is kept as text, and when a later pair fails the earlier ones
@@ -152,18 +153,56 @@ static void section_memory(const struct fm_server *srv, struct fm_buf *b)
 
 static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
 {
-    static const char *const fsyncs[] = {"always", "everysec", "no"};
-    fm_buf_printf(b,
-                  "# Persistence\r\n"
-                  "loading:0\r\n"
-                  "wal_enabled:0\r\n"
-                  "wal_status:not built yet; data is in memory only and is "
-                  "lost at exit\r\n"
-                  "fsync_policy:%s\r\n"
-                  "snapshot_enabled:0\r\n"
-                  "rdb_bgsave_in_progress:0\r\n"
-                  "aof_enabled:0\r\n",
-                  fsyncs[srv->cfg.fsync]);
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(srv->engine, &ps);
+    fm_buf_printf(
+        b,
+        "# Persistence\r\n"
+        "loading:0\r\n"
+        "wal_enabled:%d\r\n"
+        "fsync:%s\r\n"
+        "wal_next_lsn:%llu\r\n"
+        "wal_durable_lsn:%llu\r\n"
+        "wal_bytes:%llu\r\n"
+        "wal_segments:%llu\r\n"
+        "wal_since_snapshot_bytes:%llu\r\n"
+        "readonly:%d\r\n"
+        "readonly_reason:%s\r\n"
+        "changes_since_last_snapshot:%llu\r\n"
+        "bgsave_in_progress:%d\r\n"
+        "last_snapshot_time:%lld\r\n"
+        "last_snapshot_status:%s\r\n"
+        "last_snapshot_lsn:%llu\r\n"
+        "last_snapshot_duration_usec:%lld\r\n"
+        "last_snapshot_bytes:%llu\r\n"
+        "last_snapshot_raw_bytes:%llu\r\n"
+        "last_fork_usec:%lld\r\n"
+        "last_cow_bytes:%zu\r\n"
+        "recovered_rows:%llu\r\n"
+        "recovered_wal_records:%llu\r\n"
+        "recovery_usec:%lld\r\n"
+        "rdb_changes_since_last_save:%llu\r\n"
+        "rdb_bgsave_in_progress:%d\r\n"
+        "rdb_last_save_time:%lld\r\n"
+        "aof_enabled:0\r\n",
+        ps.enabled, fm_fsync_policy_name(ps.fsync),
+        (unsigned long long)ps.next_lsn, (unsigned long long)ps.durable_lsn,
+        (unsigned long long)ps.wal_bytes, (unsigned long long)ps.wal_segments,
+        (unsigned long long)ps.wal_since_snapshot_bytes, ps.readonly,
+        ps.readonly ? ps.readonly_reason : "",
+        (unsigned long long)ps.changes_since_save, ps.bgsave_in_progress,
+        (long long)ps.last_save_time_s,
+        ps.last_save_time_s == 0 ? "none"
+        : ps.last_save_ok        ? "ok"
+                                 : "err",
+        (unsigned long long)ps.last_save_lsn,
+        (long long)ps.last_save_duration_us,
+        (unsigned long long)ps.last_save_bytes,
+        (unsigned long long)ps.last_save_raw_bytes, (long long)ps.last_fork_us,
+        ps.last_cow_bytes, (unsigned long long)ps.recovered_rows,
+        (unsigned long long)ps.recovered_records, (long long)ps.recovery_us,
+        (unsigned long long)ps.changes_since_save, ps.bgsave_in_progress,
+        (long long)ps.last_save_time_s);
 }
 
 static void section_stats(const struct fm_server *srv, struct fm_buf *b)
@@ -336,6 +375,20 @@ static bool arg_cstr(const struct fm_args *a, size_t i, struct fm_buf *out)
            fm_buf_push(out, 0) == FM_OK;
 }
 
+/* Hands the parameters that live in other modules to them. */
+static void apply_config(struct fm_server *srv)
+{
+    struct fm_snapshot_config sc;
+    struct fm_error err = {0};
+    srv->log.level = (enum fm_log_level)srv->cfg.loglevel;
+    fm_server_snapshot_config(&srv->cfg, &sc);
+    fm_engine_set_snapshot_config(srv->engine, &sc);
+    if (fm_engine_set_fsync(srv->engine, fm_server_fsync_policy(&srv->cfg),
+                            &err) != FM_OK)
+        fm_log_write(&srv->log, FM_LOG_WARNING, "Cannot change fsync: %s",
+                     err.msg);
+}
+
 static void reply_config_error(struct fm_reply *r, const char *name,
                                const char *msg)
 {
@@ -408,7 +461,7 @@ static void config_set(struct fm_server *srv, const struct fm_args *a,
             fm_reply_error(r, FM_ERR_SYNTAX, msg);
         goto out;
     }
-    srv->log.level = (enum fm_log_level)srv->cfg.loglevel;
+    apply_config(srv);
     fm_reply_status(r, "OK");
 out:
     for (size_t i = 0; old != NULL && i < n_pairs; i++)

@@ -39,6 +39,10 @@
  * pending list, and fm_server_flush_clients frees it, so no handler ever
  * sees its client freed under it.
  *
+ * Sockets are written with send(MSG_NOSIGNAL), so a peer that went away is
+ * an EPIPE for this client and never a SIGPIPE for the process, whatever
+ * the embedding program did with the signal.
+ *
  * Idle clients give their buffers back after FM_IDLE_SHRINK_US (the cron
  * calls fm_client_shrink), so a connected but idle client costs its struct
  * and little else.
@@ -183,7 +187,7 @@ static bool is_loopback(const struct sockaddr_storage *ss)
  * message fits its buffer. */
 static void refuse(int fd, const char *msg)
 {
-    ssize_t n = write(fd, msg, strlen(msg));
+    ssize_t n = send(fd, msg, strlen(msg), MSG_NOSIGNAL);
     (void)n;
     close(fd);
 }
@@ -472,8 +476,8 @@ static bool write_client(struct fm_client *c)
 {
     struct fm_server *srv = c->srv;
     while (c->out_sent < c->out_ready) {
-        ssize_t n =
-            write(c->fd, c->out.data + c->out_sent, c->out_ready - c->out_sent);
+        ssize_t n = send(c->fd, c->out.data + c->out_sent,
+                         c->out_ready - c->out_sent, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -521,6 +525,20 @@ static void on_writable(struct fm_ae *ae, int fd, void *data, int mask)
     write_client(data);
 }
 
+void fm_client_fail_turn(struct fm_client *c, const char *msg)
+{
+    if (!c->turn_wrote || (c->flags & FM_CLIENT_CLOSE_ASAP))
+        return;
+    FM_ASSERT(c->turn_mark >= c->out_ready && c->turn_mark <= c->out.len);
+    c->out.len = c->turn_mark;
+    for (size_t i = 0; i < c->turn_n_replies; i++) {
+        if (fm_resp_append_error(&c->out, FM_ERR_READONLY, msg) != FM_OK) {
+            close_asap(c);
+            return;
+        }
+    }
+}
+
 void fm_server_flush_clients(struct fm_server *srv)
 {
     while (srv->pending != NULL) {
@@ -532,6 +550,8 @@ void fm_server_flush_clients(struct fm_server *srv)
         }
         /* The WAL flush of this turn is done: release the turn's output. */
         c->out_ready = c->out.len;
+        c->turn_wrote = false;
+        c->turn_n_replies = 0;
         write_client(c);
     }
 }

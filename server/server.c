@@ -12,7 +12,8 @@
  *   wake pipe         readable -> a stop request from another thread
  *   signalfd          readable -> SIGTERM / SIGINT
  *   cron timer        every FM_CRON_MS: ops/sec sample, client memory,
- *                     idle timeouts, shrinking idle clients' buffers
+ *                     idle timeouts, shrinking idle clients' buffers,
+ *                     fm_engine_cron (background snapshots)
  *   before sleep      the group-commit point: flush_wal_before_replies(),
  *                     then fm_server_flush_clients() writes the replies of
  *                     this turn, then a scheduled shutdown runs
@@ -22,13 +23,15 @@
  * promises (SPEC sections 2 and 4), and one WAL write (and fdatasync) per
  * turn for all the writes of the turn is what makes durable throughput
  * possible (FACTS.md). So command handlers only append to output buffers;
- * bytes go out after flush_wal_before_replies() returns. The WAL does not
- * exist yet: that function is the place where its group commit will go.
+ * bytes go out after flush_wal_before_replies() (fm_engine_flush) returns.
+ * Writable handlers respect the same rule: they send only out_ready bytes,
+ * which advance after the flush. With --dir "" the engine keeps no WAL
+ * and the flush is a no-op (for tests and benchmarks only).
  *
  * Shutdown (SHUTDOWN, a signal, fm_server_request_stop) is scheduled, not
  * done on the spot: the turn finishes, pending replies are written, then
- * persist_before_exit() (which will flush and fsync the WAL and write a
- * snapshot unless NOSAVE) runs and the loop stops. fm_server_free closes
+ * persist_before_exit() (fm_engine_shutdown: flush and fsync the WAL, and
+ * a snapshot unless NOSAVE) runs and the loop stops. fm_server_free closes
  * every client.
  *
  * Memory accounting for maxmemory: fm_engine_memory_bytes() at the moment
@@ -95,6 +98,23 @@ static fm_status read_schema(const char *path, struct fm_buf *out,
     return st;
 }
 
+void fm_server_snapshot_config(const struct fm_config *cfg,
+                               struct fm_snapshot_config *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->interval_s = (uint64_t)cfg->snapshot_interval;
+    out->wal_mb = (uint64_t)cfg->snapshot_wal_mb;
+    out->keep = (uint64_t)cfg->snapshot_keep;
+}
+
+enum fm_fsync_policy fm_server_fsync_policy(const struct fm_config *cfg)
+{
+    static const enum fm_fsync_policy by_index[] = {
+        FM_FSYNC_ALWAYS, FM_FSYNC_EVERYSEC, FM_FSYNC_NO};
+    FM_ASSERT(cfg->fsync >= 0 && cfg->fsync < 3);
+    return by_index[cfg->fsync];
+}
+
 static fm_status create_engine(struct fm_server *srv, struct fm_error *err)
 {
     struct fm_buf schema = {0};
@@ -109,6 +129,11 @@ static fm_status create_engine(struct fm_server *srv, struct fm_error *err)
     }
     opts.log = fm_log_callback;
     opts.log_ctx = &srv->log;
+    /* An empty dir runs without durability: tests and benchmarks. */
+    opts.dir = srv->cfg.dir[0] != '\0' ? srv->cfg.dir : NULL;
+    opts.fsync = fm_server_fsync_policy(&srv->cfg);
+    opts.force_recovery = srv->cfg.force_recovery;
+    fm_server_snapshot_config(&srv->cfg, &opts.snapshot);
     st = fm_engine_new(&opts, &srv->engine, err);
 out:
     fm_buf_fini(&schema);
@@ -244,6 +269,8 @@ static int64_t cron(struct fm_ae *ae, int64_t id, void *data)
     int64_t now = fm_monotonic_us();
     sample_ops(srv, now);
     clients_cron(srv, now);
+    /* Reaps a finished background snapshot, starts one when due. */
+    fm_engine_cron(srv->engine);
     /* One huge reply (a FIND of every row) must not pin its memory. */
     if (srv->reply.buf.cap > 1024 * 1024)
         fm_reply_fini(&srv->reply);
@@ -253,28 +280,44 @@ static int64_t cron(struct fm_ae *ae, int64_t id, void *data)
 }
 
 /*
- * The group commit of SPEC section 4 goes here: write every WAL record
- * appended during this turn with one write() and, under "fsync always", one
- * fdatasync, before fm_server_flush_clients sends any reply of the turn. On
- * failure the writes of the group are rolled back and their clients get
- * -READONLY. The WAL is not built yet, so there is nothing to flush.
+ * The group commit of SPEC section 4: every WAL record appended during this
+ * turn goes out with one write() and, under "fsync always", one fdatasync,
+ * before fm_server_flush_clients sends any reply of the turn. When the WAL
+ * cannot be written the engine has already rolled those writes back and is
+ * read-only for good; the clients that wrote get -READONLY in place of
+ * every reply from their first write of the turn on (a read that followed
+ * the write may have seen it), and nothing pretends the data is safe.
  */
 static void flush_wal_before_replies(struct fm_server *srv)
 {
-    (void)srv;
+    if (!fm_engine_has_pending(srv->engine))
+        return;
+    struct fm_error err = {0};
+    if (fm_engine_flush(srv->engine, &err) == FM_OK)
+        return;
+    fm_log_write(&srv->log, FM_LOG_WARNING,
+                 "WAL write failed, writes are refused from now on: %s",
+                 err.msg);
+    char msg[FM_ERROR_MSG_CAP + 64];
+    snprintf(msg, sizeof(msg), "the write was not applied: %s", err.msg);
+    for (struct fm_client *c = srv->pending; c != NULL; c = c->pending_next)
+        fm_client_fail_turn(c, msg);
 }
 
 /*
- * Runs at shutdown, after the last replies were written: will flush and
- * fsync the WAL and, unless nosave, write a snapshot (SPEC section 3,
- * SHUTDOWN). Nothing to do until the WAL and snapshots exist.
+ * Runs at shutdown, after the last replies were written: flushes and fsyncs
+ * the WAL and, unless nosave, writes a snapshot (SPEC section 3, SHUTDOWN).
+ * A failure is logged; the WAL still holds every acknowledged write, so the
+ * server exits anyway and the next start recovers from it.
  */
 static void persist_before_exit(struct fm_server *srv, bool nosave)
 {
-    fm_log_write(&srv->log, FM_LOG_NOTICE,
-                 "User requested shutdown%s (no WAL or snapshot to write "
-                 "yet)",
-                 nosave ? " without saving" : "");
+    struct fm_error err = {0};
+    fm_log_write(&srv->log, FM_LOG_NOTICE, "User requested shutdown%s...",
+                 nosave ? " without a snapshot" : "");
+    if (fm_engine_shutdown(srv->engine, nosave, &err) != FM_OK)
+        fm_log_write(&srv->log, FM_LOG_WARNING, "Error while shutting down: %s",
+                     err.msg);
 }
 
 static void before_sleep(struct fm_ae *ae, void *data)
@@ -396,12 +439,17 @@ int fm_server_port(const struct fm_server *srv)
     return srv->port;
 }
 
-fm_status fm_server_watch_signals(struct fm_server *srv, struct fm_error *err)
+static void fatal_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+}
+
+fm_status fm_server_block_signals(struct fm_error *err)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
+    fatal_signals(&set);
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = SIG_IGN;
@@ -409,11 +457,21 @@ fm_status fm_server_watch_signals(struct fm_server *srv, struct fm_error *err)
         sigprocmask(SIG_BLOCK, &set, NULL) < 0)
         return fm_error_set(err, FM_ERR_IO, "cannot set up signals: %s",
                             strerror(errno));
+    return FM_OK;
+}
+
+fm_status fm_server_watch_signals(struct fm_server *srv, struct fm_error *err)
+{
+    sigset_t set;
+    fatal_signals(&set);
+    fm_status st = fm_server_block_signals(err);
+    if (st != FM_OK)
+        return st;
     srv->signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (srv->signal_fd < 0)
         return fm_error_set(err, FM_ERR_IO, "cannot create a signalfd: %s",
                             strerror(errno));
-    fm_status st =
+    st =
         fm_ae_add_file(srv->ae, srv->signal_fd, FM_AE_READABLE, on_signal, srv);
     if (st != FM_OK)
         return fm_error_set(err, st, "cannot watch signals");

@@ -6,6 +6,7 @@
 #define FM_SERVER_SERVER_H
 
 #include "engine/base.h"
+#include "engine/fermata.h"
 #include "server/config.h"
 
 struct fm_server;
@@ -31,9 +32,17 @@ void fm_server_free(struct fm_server *srv);
 int fm_server_port(const struct fm_server *srv);
 
 /*
- * Turns SIGTERM and SIGINT into a clean shutdown (through a signalfd the
- * event loop watches; the signals are blocked in the calling thread, so call
- * it before starting other threads) and ignores SIGPIPE. FM_ERR_IO.
+ * Blocks SIGTERM and SIGINT in the calling thread and ignores SIGPIPE. Call
+ * it first, before fm_server_new: the engine may start threads (the WAL's
+ * fsync thread), and they inherit the mask; a thread that did not block
+ * the signals would take SIGTERM's default action and kill the process
+ * without a clean shutdown. FM_ERR_IO.
+ */
+fm_status fm_server_block_signals(struct fm_error *err);
+
+/*
+ * Turns SIGTERM and SIGINT into a clean shutdown, through a signalfd the
+ * event loop watches (after fm_server_block_signals). FM_ERR_IO.
  */
 fm_status fm_server_watch_signals(struct fm_server *srv, struct fm_error *err);
 
@@ -48,5 +57,12 @@ fm_status fm_server_run(struct fm_server *srv, struct fm_error *err);
  * thread and from signal handlers (it writes one byte to a pipe).
  */
 void fm_server_request_stop(struct fm_server *srv);
+
+/* The snapshot triggers of the config, as the engine takes them. */
+void fm_server_snapshot_config(const struct fm_config *cfg,
+                               struct fm_snapshot_config *out);
+
+/* The fsync policy of the config, as the engine takes it. */
+enum fm_fsync_policy fm_server_fsync_policy(const struct fm_config *cfg);
 
 #endif /* FM_SERVER_SERVER_H */

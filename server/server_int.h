@@ -65,10 +65,17 @@ struct fm_client {
     struct fm_queued_cmd *multi; /* commands queued by MULTI */
     size_t n_multi;
     size_t multi_cap;
-    size_t multi_bytes;     /* bytes held by the queued commands */
-    int64_t created_us;     /* monotonic */
-    int64_t last_io_us;     /* monotonic, last read or write */
-    const char *last_cmd;   /* name of the last command, for CLIENT LIST */
+    size_t multi_bytes;   /* bytes held by the queued commands */
+    int64_t created_us;   /* monotonic */
+    int64_t last_io_us;   /* monotonic, last read or write */
+    const char *last_cmd; /* name of the last command, for CLIENT LIST */
+    /* Group commit (server.c): from the first write this client ran in the
+     * current loop turn, where its replies start in out and how many there
+     * are, so that they can all be replaced by -READONLY when the WAL flush
+     * of the turn fails. */
+    bool turn_wrote;
+    size_t turn_mark;
+    size_t turn_n_replies;
     struct fm_client *prev; /* all clients */
     struct fm_client *next;
     struct fm_client *pending_prev; /* clients with output or to close */
@@ -160,6 +167,10 @@ void fm_client_free(struct fm_client *c);
 
 /* Marks a client to be closed after its pending output is written. */
 void fm_client_close_after_reply(struct fm_client *c);
+
+/* Replaces every reply of this turn from the client's first write on by
+ * "-READONLY msg": the WAL flush failed and those writes were undone. */
+void fm_client_fail_turn(struct fm_client *c, const char *msg);
 
 /* Bytes of memory held by a client (struct, buffers, MULTI queue). */
 size_t fm_client_memory_bytes(const struct fm_client *c);

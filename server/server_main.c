@@ -72,12 +72,17 @@ int main(int argc, char **argv)
                  FM_SERVER_VERSION, (int)(sizeof(void *) * 8), (int)getpid());
     fm_log_write(&log, FM_LOG_NOTICE, "Configuration loaded%s%s",
                  cfg.config_file[0] != '\0' ? " from " : "", cfg.config_file);
-    fm_log_write(&log, FM_LOG_NOTICE, "Schema: %s; data dir: %s",
+    fm_log_write(&log, FM_LOG_NOTICE, "Schema: %s; data dir: %s; fsync: %s",
                  cfg.schema[0] != '\0' ? cfg.schema : "built-in default",
-                 cfg.dir);
-    fm_log_write(&log, FM_LOG_WARNING,
-                 "The WAL and snapshots are not built yet: data is kept in "
-                 "memory only and is lost at exit");
+                 cfg.dir, fm_fsync_policy_name(fm_server_fsync_policy(&cfg)));
+    if (cfg.dir[0] == '\0')
+        fm_log_write(&log, FM_LOG_WARNING,
+                     "No data directory (--dir \"\"): data is kept in memory "
+                     "only and is lost at exit");
+    if (fm_server_block_signals(&err) != FM_OK) {
+        fm_log_write(&log, FM_LOG_WARNING, "Cannot start: %s", err.msg);
+        goto out;
+    }
     if (fm_server_new(&cfg, &srv, &err) != FM_OK) {
         fm_log_write(&log, FM_LOG_WARNING, "Cannot start: %s", err.msg);
         goto out;

@@ -43,6 +43,8 @@ static void start_with(const char *first, ...)
     cr_assert_eq(fm_config_set_by_name(&cfg, "port", "0", false, &err), FM_OK);
     cr_assert_eq(
         fm_config_set_by_name(&cfg, "loglevel", "warning", false, &err), FM_OK);
+    /* No data directory unless a test asks for one. */
+    cr_assert_eq(fm_config_set_by_name(&cfg, "dir", "", false, &err), FM_OK);
     va_list ap;
     va_start(ap, first);
     for (const char *name = first; name != NULL;
@@ -904,4 +906,77 @@ Test(server, shutdown_stops_the_server, .init = start, .fini = stop)
     redisFree(c);
     pthread_join(h.thread, NULL);
     h.running = false;
+}
+
+/* ---- durability --------------------------------------------------------- */
+
+static char data_dir[64];
+
+static void make_data_dir(void)
+{
+    strcpy(data_dir, "/tmp/fermata-srv-XXXXXX");
+    cr_assert(mkdtemp(data_dir) != NULL);
+}
+
+static void remove_data_dir(void)
+{
+    stop();
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", data_dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+Test(server, writes_survive_a_restart_and_snapshots_work, .init = make_data_dir,
+     .fini = remove_data_dir)
+{
+    start_with("dir", data_dir, "fsync", "always", NULL);
+    redisContext *c = connect_client();
+    long long id = expect_int(c, "INSERT artists name %s", "kept");
+    cr_assert_eq(expect_int(c, "LASTSAVE"), 0);
+    expect_status(c, "OK", "SAVE");
+    cr_assert(expect_int(c, "LASTSAVE") > 0);
+    expect_int(c, "INSERT artists name %s", "after-snapshot");
+    redisReply *r = command(c, "INFO persistence");
+    cr_assert(strstr(r->str, "wal_enabled:1\r\n") != NULL, "%s", r->str);
+    cr_assert(strstr(r->str, "fsync:always\r\n") != NULL);
+    cr_assert(strstr(r->str, "last_snapshot_status:ok\r\n") != NULL);
+    freeReplyObject(r);
+    r = command(c, "BGSAVE");
+    cr_assert(r->type == REDIS_REPLY_STATUS ||
+                  (r->type == REDIS_REPLY_ERROR && strstr(r->str, "running")),
+              "%s", r->str);
+    freeReplyObject(r);
+    expect_status(c, "OK", "CONFIG SET fsync everysec");
+    expect_config(c, "fsync", "everysec");
+    r = redisCommand(c, "SHUTDOWN");
+    cr_assert_null(r);
+    redisFree(c);
+    pthread_join(h.thread, NULL);
+    h.running = false;
+    fm_server_free(h.srv);
+    memset(&h, 0, sizeof(h));
+
+    start_with("dir", data_dir, NULL);
+    c = connect_client();
+    r = command(c, "GET artists %lld", id);
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    cr_assert_str_eq(r->element[3]->str, "kept");
+    freeReplyObject(r);
+    cr_assert_eq(expect_int(c, "COUNT artists"), 2);
+    redisFree(c);
+}
+
+Test(server, a_second_server_on_the_same_dir_refuses_to_start,
+     .init = make_data_dir, .fini = remove_data_dir)
+{
+    start_with("dir", data_dir, NULL);
+    struct fm_config cfg;
+    struct fm_error err = {0};
+    struct fm_server *other = NULL;
+    cr_assert_eq(fm_config_init(&cfg), FM_OK);
+    fm_config_set_by_name(&cfg, "port", "0", false, &err);
+    fm_config_set_by_name(&cfg, "dir", data_dir, false, &err);
+    cr_assert_neq(fm_server_new(&cfg, &other, &err), FM_OK);
+    cr_assert(err.msg[0] != '\0');
+    fm_config_fini(&cfg);
 }
