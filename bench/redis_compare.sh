@@ -3,13 +3,19 @@
 # machine, same run (FACTS.md: these machines vary up to 2x between runs, so
 # only ratios measured side by side mean anything).
 #
-#   bench/redis_compare.sh [path/to/fermata-server] [requests]
+#   bench/redis_compare.sh [path/to/fermata-server] [requests] [modes]
 #
-# Both servers listen on loopback, persistence off (fermata: the WAL is not
-# wired into the server yet; Redis: --save '' --appendonly no). Each pair of
-# commands runs with redis-benchmark -c 50, without pipelining and with
-# -P 16, and the script prints requests/s and p99 latency of both and the
-# ratio fermata/Redis:
+# modes (default "off default"), each a fresh pair of servers on loopback:
+#   off      no persistence: fermata --dir "" (no WAL), Redis --save ''
+#            --appendonly no
+#   default  each with its default durability: fermata's WAL with fsync
+#            everysec (snapshots hourly); Redis' default RDB saving and no AOF
+#   always   fermata --fsync always; Redis --appendonly yes
+#            --appendfsync always (one fdatasync per loop turn for both)
+#
+# Each pair of commands runs with redis-benchmark -c 50, without pipelining
+# and with -P 16, and the script prints requests/s and p99 latency of both
+# and the ratio fermata/Redis:
 #
 #   PING                                      vs PING
 #   GET tracks __rand_int__                   vs GET key:__rand_int__
@@ -17,17 +23,18 @@
 #   UPSERT user_track_history user_id 1 track_id 1
 #          INCR listen_count 1                vs HINCRBY user:1 listen_count 1
 #
-# Seed data (10,000 albums, tracks and users; the same number of Redis keys)
-# is loaded first with redis-cli --pipe. __rand_int__ runs over 0..9999, so
-# GET tracks 0 (no such row: nil) happens for 1 request in 10,000.
-# UPSERT uses one fixed row (and HINCRBY one fixed key): redis-benchmark
-# exits at the first error reply, and __rand_int__ can be 0, which is never
-# a row id, so a random user_id would fail its foreign key now and then.
+# Seed data (10,000 albums, tracks and users; 10,000 Redis keys) is loaded
+# first with redis-cli --pipe. __rand_int__ runs over 0..9999, so GET
+# tracks 0 (no such row: nil) happens for 1 request in 10,000. UPSERT uses
+# one fixed row (and HINCRBY one fixed key): redis-benchmark exits at the
+# first error reply, and __rand_int__ can be 0, which is never a row id, so
+# a random user_id would fail its foreign key now and then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 server=${1:-build/release/server/fermata-server}
 requests=${2:-200000}
+modes=${3:-off default}
 keys=10000
 clients=50
 
@@ -39,10 +46,15 @@ done
 tmp=$(mktemp -d)
 fm_pid=
 redis_pid=
-cleanup() {
+stop_servers() {
     [ -n "$fm_pid" ] && kill "$fm_pid" 2>/dev/null || true
     [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
     wait 2>/dev/null || true
+    fm_pid=
+    redis_pid=
+}
+cleanup() {
+    stop_servers
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -60,33 +72,56 @@ wait_ready() { # port
     exit 1
 }
 
-"$server" --port 0 --dir "$tmp/fermata" >"$tmp/fermata.log" 2>&1 &
-fm_pid=$!
-fm_port=
-for _ in $(seq 200); do
-    fm_port=$(sed -n 's/.*Ready to accept connections tcp on .*:\([0-9]*\)$/\1/p' "$tmp/fermata.log" | head -n 1)
-    [ -n "$fm_port" ] && break
-    sleep 0.05
-done
-[ -n "$fm_port" ] || { cat "$tmp/fermata.log" >&2; exit 1; }
-wait_ready "$fm_port"
+start_servers() { # mode
+    local mode=$1 fm_args rd_args
+    rm -rf "$tmp/fermata" "$tmp/redis"
+    mkdir -p "$tmp/redis"
+    case $mode in
+    off)
+        fm_args=(--dir "")
+        rd_args=(--save '' --appendonly no)
+        ;;
+    default)
+        fm_args=(--dir "$tmp/fermata")
+        rd_args=()
+        ;;
+    always)
+        fm_args=(--dir "$tmp/fermata" --fsync always)
+        rd_args=(--save '' --appendonly yes --appendfsync always)
+        ;;
+    *)
+        echo "unknown mode $mode" >&2
+        exit 1
+        ;;
+    esac
+    "$server" --port 0 "${fm_args[@]}" >"$tmp/fermata.log" 2>&1 &
+    fm_pid=$!
+    fm_port=
+    for _ in $(seq 200); do
+        fm_port=$(sed -n 's/.*Ready to accept connections tcp on .*:\([0-9]*\)$/\1/p' "$tmp/fermata.log" | head -n 1)
+        [ -n "$fm_port" ] && break
+        sleep 0.05
+    done
+    [ -n "$fm_port" ] || { cat "$tmp/fermata.log" >&2; exit 1; }
+    wait_ready "$fm_port"
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize no --logfile "$tmp/redis.log" --dir "$tmp" &
-redis_pid=$!
-wait_ready "$redis_port"
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 "${rd_args[@]}" \
+        --daemonize no --logfile "$tmp/redis.log" --dir "$tmp/redis" &
+    redis_pid=$!
+    wait_ready "$redis_port"
+}
 
-echo "seeding $keys rows per table (fermata) and $keys keys (Redis)..."
-awk -v n=$keys 'BEGIN {
-    for (i = 1; i <= n; i++) printf "INSERT albums title album%d year 2000\r\n", i;
-    for (i = 1; i <= n; i++) printf "INSERT tracks title track%d song_url http://t/%d album_id %d popularity %d\r\n", i, i, i, i % 100;
-    for (i = 1; i <= n; i++) printf "INSERT users username u%d email u%d@example.com password_digest x session_token s%d\r\n", i, i, i;
-}' | redis-cli -p "$fm_port" --pipe >/dev/null
-awk -v n=$keys 'BEGIN {
-    for (i = 0; i < n; i++) printf "SET key:%012d value%d\r\n", i, i;
-}' | redis-cli -p "$redis_port" --pipe >/dev/null
-echo "fermata rows: $(redis-cli -p "$fm_port" DBSIZE), redis keys: $(redis-cli -p "$redis_port" DBSIZE)"
+seed() {
+    awk -v n=$keys 'BEGIN {
+        for (i = 1; i <= n; i++) printf "INSERT albums title album%d year 2000\r\n", i;
+        for (i = 1; i <= n; i++) printf "INSERT tracks title track%d song_url http://t/%d album_id %d popularity %d\r\n", i, i, i, i % 100;
+        for (i = 1; i <= n; i++) printf "INSERT users username u%d email u%d@example.com password_digest x session_token s%d\r\n", i, i, i;
+    }' | redis-cli -p "$fm_port" --pipe >/dev/null
+    awk -v n=$keys 'BEGIN {
+        for (i = 0; i < n; i++) printf "SET key:%012d value%d\r\n", i, i;
+    }' | redis-cli -p "$redis_port" --pipe >/dev/null
+}
 
 # run PORT PIPELINE COMMAND... -> "rps p99_ms"
 run() {
@@ -97,7 +132,6 @@ run() {
         awk -F'","' 'NR == 2 { gsub(/"/, "", $2); gsub(/"/, "", $7); print $2, $7 }'
 }
 
-printf '%-8s %3s %12s %12s %7s %9s %9s\n' test P fermata/s redis/s ratio fm_p99ms rd_p99ms
 compare() { # name, fermata command, redis command (strings, split on spaces)
     local name=$1 fm_cmd=$2 rd_cmd=$3 pipe fm rd
     for pipe in 1 16; do
@@ -106,19 +140,24 @@ compare() { # name, fermata command, redis command (strings, split on spaces)
         # shellcheck disable=SC2086
         rd=$(run "$redis_port" "$pipe" $rd_cmd)
         set -- $fm $rd
-        awk -v n="$name" -v p="$pipe" -v f="$1" -v fp="$2" -v r="$3" -v rp="$4" \
-            'BEGIN { printf "%-8s %3s %12.0f %12.0f %7.2f %9.3f %9.3f\n", n, p, f, r, (r > 0 ? f / r : 0), fp, rp }'
+        awk -v m="$mode" -v n="$name" -v p="$pipe" -v f="$1" -v fp="$2" -v r="$3" -v rp="$4" \
+            'BEGIN { printf "| %-7s | %-6s | %2s | %9.0f | %9.0f | %5.2f | %6.3f | %6.3f |\n", m, n, p, f, r, (r > 0 ? f / r : 0), fp, rp }'
     done
 }
 
-compare PING "PING" "PING"
-compare GET "GET tracks __rand_int__" "GET key:__rand_int__"
-compare INSERT "INSERT artists name x" "HSET artist:__rand_int__ name x"
-compare UPSERT "UPSERT user_track_history user_id 1 track_id 1 INCR listen_count 1" \
-    "HINCRBY user:1 listen_count 1"
-
+echo "requests per run: $requests, clients: $clients, seed: $keys rows per table / keys"
 echo
-echo "fermata: $(redis-cli -p "$fm_port" INFO memory | grep '^used_memory_human' | tr -d '\r')," \
-    "rows: $(redis-cli -p "$fm_port" DBSIZE)"
-echo "redis:   $(redis-cli -p "$redis_port" INFO memory | grep '^used_memory_human' | tr -d '\r')," \
-    "keys: $(redis-cli -p "$redis_port" DBSIZE)"
+echo "| mode    | test   |  P | fermata/s |   redis/s | ratio | fm p99 | rd p99 |"
+echo "|---------|--------|---:|----------:|----------:|------:|-------:|-------:|"
+for mode in $modes; do
+    start_servers "$mode"
+    seed
+    compare PING "PING" "PING"
+    compare GET "GET tracks __rand_int__" "GET key:__rand_int__"
+    compare INSERT "INSERT artists name x" "HSET artist:__rand_int__ name x"
+    compare UPSERT "UPSERT user_track_history user_id 1 track_id 1 INCR listen_count 1" \
+        "HINCRBY user:1 listen_count 1"
+    stop_servers
+done
+echo
+echo "p99 in milliseconds; ratio = fermata/Redis requests per second."
