@@ -13,7 +13,7 @@
  *      -NOAUTH;
  *   3. arity, in Redis' convention (n exactly, -n at least n);
  *   4. maxmemory: an engine write while the server uses more than maxmemory
- *      gets -OOM; reads go on (SPEC section 5);
+ *      gets -OOM; reads and DELETE (which frees memory) go on (SPEC 5);
  *   5. inside MULTI, commands other than those flagged FM_CMD_NOQUEUE
  *      (EXEC, DISCARD, MULTI, QUIT, ...) are queued (copied, since the
  *      request's bytes live in a read buffer that the next read reuses) and
@@ -338,8 +338,9 @@ static bool admit_command(struct fm_client *c, const struct fm_command_def *cmd,
                      "wrong number of arguments for '%s' command", name);
         return false;
     }
+    /* DELETE is let through, as Redis lets DEL through: it frees memory. */
     if (engine && fm_engine_command_is_write(a->argv[0], a->argv_len[0]) &&
-        is_over_maxmemory(c->srv)) {
+        !arg_is(a, 0, "DELETE") && is_over_maxmemory(c->srv)) {
         reply_errorf(r, FM_ERR_OOM,
                      "command not allowed when used memory > 'maxmemory' "
                      "(%zu > %lld bytes)",

@@ -719,6 +719,7 @@ Test(server, maxmemory_refuses_writes_and_serves_reads, .init = start,
     cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
     freeReplyObject(r);
     cr_assert_eq(expect_int(c, "COUNT artists"), 1);
+    cr_assert_eq(expect_int(c, "DELETE artists 999"), 0);
     expect_status(c, "OK", "MULTI");
     expect_error(c, "OOM", "INSERT artists name c");
     expect_error(c, "EXECABORT", "EXEC");
