@@ -182,13 +182,22 @@ static bool is_loopback(const struct sockaddr_storage *ss)
     return true; /* AF_UNIX */
 }
 
-/* Sends a short message to a connection that is not (or no longer) a
+/*
+ * Sends a short message to a connection that is not (or no longer) a
  * client, then closes it. Best effort: the socket is new and empty, so the
- * message fits its buffer. */
+ * message fits its buffer. Closing a socket with unread input makes the
+ * kernel send a reset, which can make the peer drop the message before
+ * reading it; so the write side is shut first and what already arrived
+ * (typically the client's first command) is drained.
+ */
 static void refuse(int fd, const char *msg)
 {
     ssize_t n = send(fd, msg, strlen(msg), MSG_NOSIGNAL);
     (void)n;
+    shutdown(fd, SHUT_WR);
+    char sink[4096];
+    while (recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0)
+        continue;
     close(fd);
 }
 

@@ -113,6 +113,37 @@ for pipe in 1 16; do
         fail "redis-benchmark -P $pipe did not finish: $out"
 done
 
+# Protected mode: a second server on all addresses, no password; a client
+# from a non-loopback address of this host is refused with a message that
+# says how to set a password. Skipped when the host has no such address.
+ip=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+(\.[0-9]+){3}$' |
+    grep -v '^127\.' | head -n 1 || true)
+if [ -n "$ip" ]; then
+    "$server" --port 0 --bind 0.0.0.0 --dir "" >"$tmp/open.log" 2>&1 &
+    open_pid=$!
+    open_port=
+    i=0
+    while [ $i -lt 200 ] && [ -z "$open_port" ]; do
+        open_port=$(sed -n 's/.*Ready to accept connections tcp on .*:\([0-9]*\)$/\1/p' \
+            "$tmp/open.log" | head -n 1)
+        i=$((i + 1))
+        [ -n "$open_port" ] || sleep 0.05
+    done
+    # nc sends nothing: input left unread when the server closes would turn
+    # its close into a reset that can drop the message in flight.
+    got=$(timeout 10 nc "$ip" "$open_port" </dev/null | tr -d '\r')
+    case "$got" in
+    "-DENIED fermata is running in protected mode"*requirepass*) echo "ok: protected mode" ;;
+    *) fail "protected mode: got [$got]" ;;
+    esac
+    expect "loopback allowed in protected mode" "PONG" \
+        "$(redis-cli -p "$open_port" PING)"
+    kill -TERM "$open_pid"
+    wait "$open_pid" || fail "second server exit status"
+else
+    echo "skip: protected mode (no non-loopback IPv4 address)"
+fi
+
 # SIGTERM: clean shutdown, exit status 0.
 kill -TERM "$pid"
 i=0
