@@ -35,9 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef FM_SERVER_BIN
-#error "FM_SERVER_BIN must name the fermata-server binary"
-#endif
+#include "tests/server_proc.h"
+
 #ifndef FM_CHECK_BIN
 #error "FM_CHECK_BIN must name the fermata-check binary"
 #endif
@@ -77,48 +76,12 @@ static void teardown(void)
     munmap(ws, sizeof(*ws) * N_WRITERS);
 }
 
-static void pause_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Starts the server and returns its pid; *port_out from its log. */
+/* Starts the server the way every cycle does; *port_out gets its port. */
 static pid_t start_server(int *port_out)
 {
-    unlink(log_path);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execl(FM_SERVER_BIN, FM_SERVER_BIN, "--port", "0", "--dir", dir,
-              "--fsync", "always", "--snapshot-wal-mb", "1", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 600; i++) {
-        FILE *f = fopen(log_path, "r");
-        char line[512];
-        while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-            const char *p = strstr(line, "Ready to accept connections tcp");
-            const char *colon = p != NULL ? strrchr(line, ':') : NULL;
-            if (colon != NULL) {
-                *port_out = atoi(colon + 1);
-                fclose(f);
-                return pid;
-            }
-        }
-        if (f != NULL)
-            fclose(f);
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            cr_assert_fail("the server exited at start; see %s", log_path);
-        pause_ms(20);
-    }
-    kill(pid, SIGKILL);
-    cr_assert_fail("the server did not start; see %s", log_path);
-    return -1;
+    static const char *const args[] = {"--fsync", "always", "--snapshot-wal-mb",
+                                       "1", NULL};
+    return fm_test_start_server(dir, log_path, args, NULL, port_out);
 }
 
 static redisContext *connect_to(int port)
@@ -264,7 +227,7 @@ Test(crash, sigkill_under_load_loses_no_acknowledged_write, .init = setup,
             if (writers[k] == 0)
                 writer_main(k, port);
         }
-        pause_ms(50 + rand() % 350);
+        fm_test_pause_ms(50 + rand() % 350);
         kill(server, SIGKILL);
         waitpid(server, NULL, 0);
         for (int k = 0; k < N_WRITERS; k++) {
