@@ -35,6 +35,9 @@ struct fm_config {
     int64_t timeout; /* idle seconds before a client is closed; 0 never */
     int64_t tcp_backlog;
     char *config_file; /* the file loaded by --config, "" for none */
+    /* Not a parameter: tests only, handed to the engine as
+     * fm_engine_options.wal_io to inject WAL write failures. */
+    const void *wal_io;
 };
 
 /* Fills c with the defaults. FM_ERR_NOMEM (c is then fini-safe). */

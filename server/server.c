@@ -133,6 +133,7 @@ static fm_status create_engine(struct fm_server *srv, struct fm_error *err)
     opts.dir = srv->cfg.dir[0] != '\0' ? srv->cfg.dir : NULL;
     opts.fsync = fm_server_fsync_policy(&srv->cfg);
     opts.force_recovery = srv->cfg.force_recovery;
+    opts.wal_io = srv->cfg.wal_io;
     fm_server_snapshot_config(&srv->cfg, &opts.snapshot);
     st = fm_engine_new(&opts, &srv->engine, err);
 out:

@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "server/server.h"
+#include "wal/wal.h"
 
 struct harness {
     struct fm_server *srv;
@@ -33,6 +35,9 @@ static void *run_server(void *arg)
     fm_server_run(hh->srv, &err);
     return NULL;
 }
+
+/* A WAL I/O table for the next start_with (tests of write failures). */
+static const void *next_wal_io;
 
 /* Starts a server with the given "name", "value" pairs (NULL-terminated). */
 static void start_with(const char *first, ...)
@@ -54,6 +59,8 @@ static void start_with(const char *first, ...)
                      FM_OK, "%s: %s", name, err.msg);
     }
     va_end(ap);
+    cfg.wal_io = next_wal_io;
+    next_wal_io = NULL;
     cr_assert_eq(fm_server_new(&cfg, &h.srv, &err), FM_OK, "%s", err.msg);
     h.port = fm_server_port(h.srv);
     cr_assert(h.port > 0);
@@ -980,4 +987,103 @@ Test(server, a_second_server_on_the_same_dir_refuses_to_start,
     cr_assert_neq(fm_server_new(&cfg, &other, &err), FM_OK);
     cr_assert(err.msg[0] != '\0');
     fm_config_fini(&cfg);
+}
+
+/* WAL system calls that start failing (EIO) once fail_writes is set. */
+static volatile bool fail_writes;
+
+static int io_open(void *ctx, const char *path, int flags, int mode)
+{
+    (void)ctx;
+    return open(path, flags, mode);
+}
+
+static ssize_t io_pwrite(void *ctx, int fd, const void *buf, size_t len,
+                         off_t off)
+{
+    (void)ctx;
+    if (fail_writes) {
+        errno = EIO;
+        return -1;
+    }
+    return pwrite(fd, buf, len, off);
+}
+
+static int io_fdatasync(void *ctx, int fd)
+{
+    (void)ctx;
+    if (fail_writes) {
+        errno = EIO;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+
+static int io_fsync(void *ctx, int fd)
+{
+    (void)ctx;
+    return fsync(fd);
+}
+
+static int io_ftruncate(void *ctx, int fd, off_t len)
+{
+    (void)ctx;
+    return ftruncate(fd, len);
+}
+
+static int io_rename(void *ctx, const char *from, const char *to)
+{
+    (void)ctx;
+    return rename(from, to);
+}
+
+static int io_unlink(void *ctx, const char *path)
+{
+    (void)ctx;
+    return unlink(path);
+}
+
+static int io_close(void *ctx, int fd)
+{
+    (void)ctx;
+    return close(fd);
+}
+
+static const struct fm_wal_io failing_io = {
+    NULL,         io_open,   io_pwrite, io_fdatasync, io_fsync,
+    io_ftruncate, io_rename, io_unlink, io_close,
+};
+
+Test(server, failed_wal_write_answers_readonly_and_reads_go_on,
+     .init = make_data_dir, .fini = remove_data_dir)
+{
+    fail_writes = false;
+    next_wal_io = &failing_io;
+    start_with("dir", data_dir, "fsync", "always", NULL);
+    redisContext *c = connect_client();
+    long long id = expect_int(c, "INSERT artists name %s", "durable");
+    fail_writes = true;
+    /* A pipeline: the write, a read that saw it, another write. All three
+     * replies come back -READONLY: the write was rolled back. */
+    redisAppendCommand(c, "INSERT artists name %s", "lost");
+    redisAppendCommand(c, "COUNT artists");
+    redisAppendCommand(c, "INSERT artists name %s", "lost too");
+    for (int i = 0; i < 3; i++) {
+        redisReply *r = NULL;
+        cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK);
+        cr_assert_eq(r->type, REDIS_REPLY_ERROR, "reply %d type %d", i,
+                     r->type);
+        cr_assert(strncmp(r->str, "READONLY", 8) == 0, "%s", r->str);
+        freeReplyObject(r);
+    }
+    expect_error(c, "READONLY", "INSERT artists name %s", "refused");
+    cr_assert_eq(expect_int(c, "COUNT artists"), 1);
+    redisReply *r = command(c, "GET artists %lld", id);
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    freeReplyObject(r);
+    r = command(c, "INFO persistence");
+    cr_assert(strstr(r->str, "readonly:1\r\n") != NULL, "%s", r->str);
+    freeReplyObject(r);
+    redisFree(c);
+    fail_writes = false;
 }
