@@ -600,7 +600,10 @@ static void cmd_hello(struct fm_client *c, const struct fm_args *a,
             return;
         }
     }
-    if (auth_at > 0 &&
+    /* Without requirepass the default user needs no password, and HELLO's
+     * AUTH option succeeds as it does in Redis (plain AUTH says why it is
+     * pointless instead). */
+    if (auth_at > 0 && c->srv->cfg.requirepass[0] != '\0' &&
         authenticate(c, a->argv[auth_at + 1], a->argv_len[auth_at + 1],
                      a->argv[auth_at + 2], a->argv_len[auth_at + 2],
                      r) != FM_OK)

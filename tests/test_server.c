@@ -905,6 +905,18 @@ Test(server, maxclients_refuses_extra_connections, .fini = stop)
     redisFree(b);
 }
 
+Test(server, idle_clients_are_closed_after_timeout, .init = start, .fini = stop)
+{
+    redisContext *c = connect_client();
+    expect_status(c, "OK", "CONFIG SET timeout 1");
+    int fd = raw_connect();
+    int64_t t0 = fm_monotonic_us();
+    cr_assert(raw_is_closed(fd));
+    cr_assert(fm_monotonic_us() - t0 >= 900 * 1000);
+    close(fd);
+    redisFree(c);
+}
+
 Test(server, shutdown_stops_the_server, .init = start, .fini = stop)
 {
     redisContext *c = connect_client();
