@@ -131,6 +131,7 @@ struct fm_engine {
     struct fm_buf ids;  /* uint64_t row ids, a stack used by cascades */
     struct fm_buf sort; /* sort entries of FIND */
     struct fm_buf strs; /* unescaped or formatted text */
+    struct fm_datetime_cache dt_cache; /* for datetimes in replies */
     uint8_t *keyfn_buf; /* records encoded by the index key callback */
     size_t keyfn_cap;
     struct fm_error err;

@@ -82,16 +82,15 @@ struct plan {
 /* ---- small helpers ---------------------------------------------------------
  */
 
+/* Case-insensitive match of p against the upper-case keyword kw. */
 static bool word_is(const uint8_t *p, size_t len, const char *kw)
 {
-    size_t n = strlen(kw);
-    if (len != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (toupper(p[i]) != kw[i])
+    for (size_t i = 0; i < len; i++) {
+        /* kw[i] is '\0' past its end, which no letter matches. */
+        if ((p[i] & 0xdf) != (uint8_t)kw[i] || kw[i] == '\0')
             return false;
     }
-    return true;
+    return kw[len] == '\0';
 }
 
 static fm_status err_syntax(struct fm_engine *e, const uint8_t *p, size_t len)
@@ -232,14 +231,13 @@ static bool row_matches(const struct query *q, const struct fm_row *row)
 void fm_reply_value(struct fm_engine *e, struct fm_reply *r, enum fm_type type,
                     const struct fm_value *v)
 {
-    (void)e;
     if (v->is_null) {
         fm_reply_nil(r);
     } else if (type == FM_TYPE_INTEGER) {
         fm_reply_int(r, v->i);
     } else if (type == FM_TYPE_DATETIME) {
         char text[FM_DATETIME_TEXT_CAP];
-        size_t n = fm_format_datetime(v->i, text);
+        size_t n = fm_format_datetime_cached(v->i, &e->dt_cache, text);
         fm_reply_bulk(r, text, n);
     } else {
         fm_reply_bulk(r, v->s, v->len);
@@ -252,7 +250,7 @@ static void reply_row(struct fm_engine *e, struct fm_reply *r,
     const struct fm_table_def *d = t->def;
     fm_reply_array(r, d->n_cols * 2);
     for (size_t c = 0; c < d->n_cols; c++) {
-        fm_reply_bulk(r, d->cols[c].name, strlen(d->cols[c].name));
+        fm_reply_bulk(r, d->cols[c].name, d->cols[c].name_len);
         fm_reply_value(e, r, d->cols[c].type, &row->v[c]);
     }
 }
@@ -1085,7 +1083,7 @@ static fm_status parse_assignments(struct fm_engine *e, struct fm_table *t,
                             (int)(len[end - 1] > 64 ? 64 : len[end - 1]),
                             (const char *)argv[end - 1]);
     for (; i < end; i += 2) {
-        int c;
+        int c = -1;
         if ((st = find_column(e, t, argv[i], len[i], &c)) != FM_OK)
             return st;
         if (*given & ((uint64_t)1 << c))
@@ -1472,7 +1470,7 @@ static fm_status exec_schema(struct fm_engine *e, size_t argc,
     }
     if (argc != 2)
         return fm_error_set(&e->err, FM_ERR_SYNTAX, "usage: SCHEMA [table]");
-    struct fm_table *t;
+    struct fm_table *t = NULL;
     fm_status st = find_table(e, argv[1], len[1], &t);
     if (st != FM_OK)
         return st;
@@ -1595,7 +1593,7 @@ static fm_status dispatch(struct fm_engine *e, size_t argc,
             return fm_error_set(&e->err, FM_ERR_SYNTAX,
                                 "EXPLAIN DELETE needs a WHERE clause");
     }
-    struct fm_table *t;
+    struct fm_table *t = NULL;
     fm_status st = find_table(e, argv[1 + shift], len[1 + shift], &t);
     if (st != FM_OK)
         return st;

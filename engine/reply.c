@@ -52,12 +52,17 @@ static uint8_t *reserve(struct fm_reply *r, size_t payload)
     if (r->failed)
         return NULL;
     size_t need = HDR_SIZE + pad8(payload);
-    if (payload > UINT32_MAX || fm_buf_reserve(&r->buf, need) != FM_OK) {
+    if (payload > UINT32_MAX || (r->buf.cap - r->buf.len < need &&
+                                 fm_buf_reserve(&r->buf, need) != FM_OK)) {
         r->failed = true;
         return NULL;
     }
     uint8_t *p = r->buf.data + r->buf.len;
-    memset(p, 0, need);
+    /* The header's spare bytes and the payload's padding are zero; the
+     * payload itself is written by the caller. */
+    memset(p, 0, HDR_SIZE);
+    if (need > HDR_SIZE)
+        memset(p + need - 8, 0, 8);
     r->buf.len += need;
     r->n_values++;
     return p;

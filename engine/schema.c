@@ -385,13 +385,15 @@ static fm_status add_index(struct parser *ps, struct fm_table_def *t,
     /* Hash for single-column equality on strings, and for single-column
      * uniqueness; B+tree for everything that may be ranged or ordered. */
     ix->hash = n == 1 && (unique || t->cols[cols[0]].type == FM_TYPE_STRING);
-    size_t o = (size_t)snprintf(ix->name, sizeof(ix->name), "%s", t->name);
-    for (size_t i = 0; i < n && o < sizeof(ix->name); i++)
-        o += (size_t)snprintf(ix->name + o, sizeof(ix->name) - o, "_%s",
+    /* Built in a local buffer: the names it copies live in *t too. */
+    char name[sizeof(ix->name)];
+    size_t o = (size_t)snprintf(name, sizeof(name), "%s", t->name);
+    for (size_t i = 0; i < n && o < sizeof(name); i++)
+        o += (size_t)snprintf(name + o, sizeof(name) - o, "_%s",
                               t->cols[cols[i]].name);
-    if (o < sizeof(ix->name))
-        snprintf(ix->name + o, sizeof(ix->name) - o, "_%s",
-                 unique ? "key" : "idx");
+    if (o < sizeof(name))
+        snprintf(name + o, sizeof(name) - o, "_%s", unique ? "key" : "idx");
+    memcpy(ix->name, name, sizeof(name));
     return FM_OK;
 }
 
@@ -791,6 +793,12 @@ fm_status fm_schema_parse(const char *text, size_t len, struct fm_schema *out,
     if ((st = resolve_foreign_keys(ps)) != FM_OK ||
         (st = validate(ps)) != FM_OK)
         goto fail;
+    for (size_t ti = 0; ti < s.n_tables; ti++) {
+        struct fm_table_def *t = &s.tables[ti];
+        t->name_len = strlen(t->name);
+        for (size_t ci = 0; ci < t->n_cols; ci++)
+            t->cols[ci].name_len = strlen(t->cols[ci].name);
+    }
     fm_free(ps);
     *out = s;
     return FM_OK;
@@ -832,17 +840,27 @@ void fm_schema_fini(struct fm_schema *s)
     memset(s, 0, sizeof(*s));
 }
 
+/* Names are stored in lower case and are usually sent that way: an exact
+ * comparison first, case folding only when it fails. */
+static bool name_equals(const char *stored, size_t stored_len,
+                        const uint8_t *name, size_t len)
+{
+    if (stored_len != len)
+        return false;
+    if (memcmp(stored, name, len) == 0)
+        return true;
+    for (size_t k = 0; k < len; k++) {
+        if (tolower(name[k]) != stored[k])
+            return false;
+    }
+    return true;
+}
+
 int fm_schema_find_table(const struct fm_schema *s, const uint8_t *name,
                          size_t len)
 {
     for (size_t i = 0; i < s->n_tables; i++) {
-        const char *n = s->tables[i].name;
-        if (strlen(n) != len)
-            continue;
-        size_t k = 0;
-        while (k < len && tolower(name[k]) == n[k])
-            k++;
-        if (k == len)
+        if (name_equals(s->tables[i].name, s->tables[i].name_len, name, len))
             return (int)i;
     }
     return -1;
@@ -852,13 +870,7 @@ int fm_schema_find_column(const struct fm_table_def *t, const uint8_t *name,
                           size_t len)
 {
     for (size_t i = 0; i < t->n_cols; i++) {
-        const char *n = t->cols[i].name;
-        if (strlen(n) != len)
-            continue;
-        size_t k = 0;
-        while (k < len && tolower(name[k]) == n[k])
-            k++;
-        if (k == len)
+        if (name_equals(t->cols[i].name, t->cols[i].name_len, name, len))
             return (int)i;
     }
     return -1;

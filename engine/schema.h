@@ -40,6 +40,7 @@ struct fm_literal {
 
 struct fm_column {
     char name[FM_NAME_CAP];
+    size_t name_len;
     enum fm_type type;
     bool not_null;
     bool has_default;
@@ -68,6 +69,7 @@ struct fm_fk_ref {
 
 struct fm_table_def {
     char name[FM_NAME_CAP];
+    size_t name_len;
     size_t n_cols;
     struct fm_column cols[FM_MAX_COLUMNS];
     size_t n_indexes;

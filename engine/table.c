@@ -239,7 +239,7 @@ void fm_table_decode(const struct fm_table *t, uint64_t id, const uint8_t *rec,
 {
     const struct fm_table_def *d = t->def;
     size_t ca = fm_col_created_at(d);
-    uint64_t u;
+    uint64_t u = 0;
     size_t n = fm_varint_get(rec, FM_VARINT_MAX, &u);
     const uint8_t *p = rec + n;
     const uint8_t *bitmap = p;

@@ -135,24 +135,92 @@ bool fm_parse_datetime(const uint8_t *p, size_t len, int64_t *out)
     return true;
 }
 
-size_t fm_format_datetime(int64_t us, char *out)
+static const char digit_pairs[] = "00010203040506070809"
+                                  "10111213141516171819"
+                                  "20212223242526272829"
+                                  "30313233343536373839"
+                                  "40414243444546474849"
+                                  "50515253545556575859"
+                                  "60616263646566676869"
+                                  "70717273747576777879"
+                                  "80818283848586878889"
+                                  "90919293949596979899";
+
+/* Writes v (0 <= v < 10^n, n even) as exactly n decimal digits. */
+static char *put_digits(char *o, int64_t v, int n)
+{
+    for (int i = n - 2; i >= 0; i -= 2) {
+        memcpy(o + i, digit_pairs + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    return o + n;
+}
+
+/* Splits us into whole days, seconds of the day and microseconds. */
+static void split_time(int64_t us, int64_t *days, int64_t *sod, int64_t *frac)
 {
     int64_t secs = us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000);
-    int64_t frac = us - secs * 1000000;
-    int64_t days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);
-    int64_t sod = secs - days * 86400;
+    *frac = us - secs * 1000000;
+    *days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);
+    *sod = secs - *days * 86400;
+}
+
+/* Writes "THH:MM:SS.ffffffZ" and a NUL at o; returns the end. */
+static char *put_time(char *o, int64_t sod, int64_t frac)
+{
+    *o++ = 'T';
+    o = put_digits(o, sod / 3600, 2);
+    *o++ = ':';
+    o = put_digits(o, sod / 60 % 60, 2);
+    *o++ = ':';
+    o = put_digits(o, sod % 60, 2);
+    *o++ = '.';
+    o = put_digits(o, frac, 6);
+    *o++ = 'Z';
+    *o = '\0';
+    return o;
+}
+
+size_t fm_format_datetime_cached(int64_t us, struct fm_datetime_cache *c,
+                                 char *out)
+{
+    int64_t days, sod, frac;
+    split_time(us, &days, &sod, &frac);
+    if (!c->valid || c->day != days) {
+        char full[FM_DATETIME_TEXT_CAP];
+        if (fm_format_datetime(us, full) != 27)
+            return fm_format_datetime(us, out); /* a year outside 0..9999 */
+        memcpy(c->text, full, 10);
+        c->text[10] = '\0';
+        c->day = days;
+        c->valid = true;
+    }
+    memcpy(out, c->text, 10);
+    return (size_t)(put_time(out + 10, sod, frac) - out);
+}
+
+size_t fm_format_datetime(int64_t us, char *out)
+{
+    int64_t days, sod, frac;
     int64_t y, m, d;
+    split_time(us, &days, &sod, &frac);
     civil_from_days(days, &y, &m, &d);
-    /* Years outside 0..9999 are printed as they are; they parse back only
-     * when in range, which values from the parser always are. */
-    int n = snprintf(out, FM_DATETIME_TEXT_CAP,
-                     "%04lld-%02lld-%02lldT%02lld:%02lld:%02lld.%06lldZ",
-                     (long long)y, (long long)m, (long long)d,
-                     (long long)(sod / 3600), (long long)(sod / 60 % 60),
-                     (long long)(sod % 60), (long long)frac);
-    if (n < 0 || n >= FM_DATETIME_TEXT_CAP)
-        n = FM_DATETIME_TEXT_CAP - 1;
-    return (size_t)n;
+    if (y < 0 || y > 9999) {
+        /* Not from the parser (years 1 to 9999); printed as it is. */
+        int n = snprintf(out, FM_DATETIME_TEXT_CAP,
+                         "%lld-%02lld-%02lldT%02lld:%02lld:%02lld.%06lldZ",
+                         (long long)y, (long long)m, (long long)d,
+                         (long long)(sod / 3600), (long long)(sod / 60 % 60),
+                         (long long)(sod % 60), (long long)frac);
+        return n < 0 ? 0 : (size_t)n;
+    }
+    /* The hot path of every row reply: no printf. */
+    char *o = put_digits(out, y, 4);
+    *o++ = '-';
+    o = put_digits(o, m, 2);
+    *o++ = '-';
+    o = put_digits(o, d, 2);
+    return (size_t)(put_time(o, sod, frac) - out);
 }
 
 size_t fm_key_encode_int(int64_t v, uint8_t *out)
@@ -203,28 +271,4 @@ bool fm_key_successor(uint8_t *key, size_t *len)
         return false;
     key[*len - 1]++;
     return true;
-}
-
-size_t fm_varint_put(uint8_t *out, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        out[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    out[n++] = (uint8_t)v;
-    return n;
-}
-
-size_t fm_varint_get(const uint8_t *p, size_t len, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (size_t i = 0; i < len && i < FM_VARINT_MAX; i++) {
-        v |= (uint64_t)(p[i] & 0x7f) << (7 * i);
-        if ((p[i] & 0x80) == 0) {
-            *out = v;
-            return i + 1;
-        }
-    }
-    return 0;
 }

@@ -38,6 +38,19 @@ bool fm_parse_datetime(const uint8_t *p, size_t len, int64_t *out);
 size_t fm_format_datetime(int64_t us, char *out);
 
 /*
+ * The same with a one-day cache owned by the caller: rows written on one day
+ * share the date part, which is the expensive half of the conversion.
+ * Zero-filled is an empty cache.
+ */
+struct fm_datetime_cache {
+    int64_t day; /* days since the epoch of text */
+    bool valid;
+    char text[11]; /* "YYYY-MM-DD" and a NUL */
+};
+size_t fm_format_datetime_cached(int64_t us, struct fm_datetime_cache *c,
+                                 char *out);
+
+/*
  * Byte-comparable key encoding (docs/storage.md): memcmp order of encoded
  * keys equals the order of values, NULL first; encodings are
  * self-delimiting so a composite key is the concatenation of its columns.
@@ -60,9 +73,37 @@ bool fm_key_successor(uint8_t *key, size_t *len);
 
 /* Varints for row records: LEB128 of unsigned and zigzag of signed. */
 #define FM_VARINT_MAX 10
-size_t fm_varint_put(uint8_t *out, uint64_t v);
-/* Reads a varint from p[0..len); 0 if truncated or over 10 bytes. */
-size_t fm_varint_get(const uint8_t *p, size_t len, uint64_t *out);
+
+/* Writes v as a varint to out (FM_VARINT_MAX bytes of room); its length. */
+static inline size_t fm_varint_put(uint8_t *out, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        out[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+/* Reads a varint from p[0..len); its length, 0 if truncated or over 10
+ * bytes. Inline: row decoding calls it for every column. */
+static inline size_t fm_varint_get(const uint8_t *p, size_t len, uint64_t *out)
+{
+    if (len > 0 && p[0] < 0x80) {
+        *out = p[0];
+        return 1;
+    }
+    uint64_t v = 0;
+    for (size_t i = 0; i < len && i < FM_VARINT_MAX; i++) {
+        v |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+        if ((p[i] & 0x80) == 0) {
+            *out = v;
+            return i + 1;
+        }
+    }
+    return 0;
+}
 static inline uint64_t fm_zigzag(int64_t v)
 {
     return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);

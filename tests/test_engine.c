@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "engine/fermata.h"
+#include "engine/value.h"
 
 static struct fm_engine *db;
 static struct fm_reply reply;
@@ -751,8 +752,8 @@ static bool fail_hook(void *ctx, size_t size)
 Test(engine, every_allocation_failure_in_a_write_changes_nothing)
 {
     static const char *const cmds[] = {
-        "INSERT users username u77 email e77 password_digest d "
-        "session_token s77",
+        ("INSERT users username u77 email e77 password_digest d "
+         "session_token s77"),
         "UPSERT user_track_history user_id 1 track_id 2 INCR listen_count 1",
         "UPDATE users 2 username v77",
         "DELETE users 1",
@@ -793,5 +794,54 @@ Test(engine, every_allocation_failure_in_a_write_changes_nothing)
             }
             free(before);
         }
+    }
+}
+
+/* ---- values -----------------------------------------------------------------
+ */
+
+Test(engine, datetime_text_round_trips_and_the_day_cache_agrees)
+{
+    struct fm_datetime_cache cache = {0};
+    uint64_t x = 88172645463325252ULL;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        /* Years 0001..9999, with runs inside one day to hit the cache. */
+        int64_t us = (int64_t)(x % 315537897600000000ULL) - 62135596800000000LL;
+        if (i % 3 == 0)
+            us += 1000;
+        char a[FM_DATETIME_TEXT_CAP];
+        char b[FM_DATETIME_TEXT_CAP];
+        size_t na = fm_format_datetime(us, a);
+        size_t nb = fm_format_datetime_cached(us, &cache, b);
+        cr_assert_eq(na, nb);
+        cr_assert_str_eq(a, b);
+        int64_t back;
+        cr_assert(fm_parse_datetime((const uint8_t *)a, na, &back), "%s", a);
+        cr_assert_eq(back, us, "%s", a);
+    }
+    char t[FM_DATETIME_TEXT_CAP];
+    fm_format_datetime(0, t);
+    cr_assert_str_eq(t, "1970-01-01T00:00:00.000000Z");
+    fm_format_datetime(-1, t);
+    cr_assert_str_eq(t, "1969-12-31T23:59:59.999999Z");
+}
+
+Test(engine, key_encoding_orders_like_the_values)
+{
+    static const int64_t v[] = {
+        INT64_MIN, -4294967296LL, -256, -255, -1,    0,     1,
+        127,       128,           255,  256,  65535, 65536, INT64_MAX};
+    uint8_t a[FM_KEY_INT_MAX];
+    uint8_t b[FM_KEY_INT_MAX];
+    for (size_t i = 0; i + 1 < sizeof(v) / sizeof(v[0]); i++) {
+        size_t na = fm_key_encode_int(v[i], a);
+        size_t nb = fm_key_encode_int(v[i + 1], b);
+        size_t n = na < nb ? na : nb;
+        int r = memcmp(a, b, n);
+        cr_assert(r < 0 || (r == 0 && na < nb), "%lld vs %lld", (long long)v[i],
+                  (long long)v[i + 1]);
     }
 }
