@@ -414,3 +414,70 @@ Test(resp, error_without_message_uses_the_default)
     cr_assert(memcmp(out.data, "-LIMIT too big\r\n", 16) == 0);
     fm_buf_fini(&out);
 }
+
+/* Fails the allocation numbered fail_at (0-based) and counts them all. */
+struct alloc_plan {
+    size_t n;
+    size_t fail_at;
+};
+
+static bool fail_nth(void *ctx, size_t size)
+{
+    (void)size;
+    struct alloc_plan *plan = ctx;
+    return plan->n++ == plan->fail_at;
+}
+
+Test(resp, allocation_failure_at_each_step_is_reported_cleanly)
+{
+    static const char text[] =
+        "*20\r\n$4\r\nECHO\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n"
+        "$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n"
+        "$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n"
+        "$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n";
+    bool succeeded = false;
+    for (size_t fail_at = 0; !succeeded && fail_at < 64; fail_at++) {
+        uint8_t buf[sizeof(text)];
+        memcpy(buf, text, sizeof(text));
+        struct alloc_plan plan = {0, fail_at};
+        struct fm_resp_parser p;
+        fm_resp_parser_init(&p);
+        struct fm_resp_request req;
+        struct fm_error err = {0};
+        bool complete = false;
+        fm_set_alloc_fail_hook(fail_nth, &plan);
+        fm_status st = fm_resp_parse_request(&p, &limits, buf, sizeof(text) - 1,
+                                             &complete, &req, &err);
+        fm_set_alloc_fail_hook(NULL, NULL);
+        if (st == FM_OK) {
+            cr_assert(complete);
+            cr_assert_eq(req.argc, 20);
+            succeeded = true;
+        } else {
+            cr_assert_eq(st, FM_ERR_NOMEM, "%s", fm_status_name(st));
+        }
+        fm_resp_parser_fini(&p);
+    }
+    cr_assert(succeeded);
+
+    struct fm_reply r = {0};
+    fm_reply_array(&r, 2);
+    fm_reply_cstr(&r, "a long enough bulk string to need a second block");
+    fm_reply_int(&r, 1);
+    succeeded = false;
+    for (size_t fail_at = 0; !succeeded && fail_at < 16; fail_at++) {
+        struct fm_buf out = {0};
+        struct alloc_plan plan = {0, fail_at};
+        fm_set_alloc_fail_hook(fail_nth, &plan);
+        fm_status st = fm_resp_encode_reply(&out, &r);
+        fm_set_alloc_fail_hook(NULL, NULL);
+        if (st == FM_OK)
+            succeeded = true;
+        else
+            cr_assert_eq(st, FM_ERR_NOMEM);
+        cr_assert(st == FM_OK || out.len == 0);
+        fm_buf_fini(&out);
+    }
+    cr_assert(succeeded);
+    fm_reply_fini(&r);
+}

@@ -608,6 +608,24 @@ Test(server, config_parsing_of_flags_and_files)
     cr_assert(strstr(err.msg, ":2:") != NULL, "%s", err.msg);
     unlink(path);
     fm_config_fini(&cfg);
+    /* Every parameter reads back as it was set from its own text. */
+    cr_assert_eq(fm_config_init(&cfg), FM_OK);
+    for (size_t i = 0; i < fm_config_count(); i++) {
+        struct fm_buf a = {0};
+        struct fm_buf b = {0};
+        cr_assert_eq(fm_config_format(&cfg, i, &a), FM_OK);
+        cr_assert_eq(fm_buf_push(&a, 0), FM_OK);
+        fm_status st =
+            fm_config_set(&cfg, i, (const char *)a.data, false, &err);
+        cr_assert(st == FM_OK || st == FM_ERR_STATE, "%s: %s",
+                  fm_config_name(i), err.msg);
+        cr_assert_eq(fm_config_format(&cfg, i, &b), FM_OK);
+        cr_assert_eq(fm_buf_push(&b, 0), FM_OK);
+        cr_assert_str_eq((const char *)a.data, (const char *)b.data);
+        fm_buf_fini(&a);
+        fm_buf_fini(&b);
+    }
+    fm_config_fini(&cfg);
     cr_assert(fm_config_glob_match("max-*", 5, "max-args", 8));
     cr_assert(fm_config_glob_match("*LEN", 4, "max-bulk-len", 12));
     cr_assert(fm_config_glob_match("p?r[st]", 7, "port", 4));
