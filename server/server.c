@@ -46,6 +46,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -349,9 +350,41 @@ static fm_status open_wake_pipe(struct fm_server *srv, struct fm_error *err)
     return FM_OK;
 }
 
+/*
+ * Makes room for maxclients connections in the open-files limit, as Redis
+ * does: raises the soft limit when it is too low, and when even the hard
+ * limit is too low, lowers maxclients to fit and says so. Without this, a
+ * server over its fd limit would fail every accept() while the pending
+ * connection keeps the listener readable.
+ */
+static void fit_open_files_limit(struct fm_server *srv)
+{
+    struct rlimit rl;
+    rlim_t want = (rlim_t)srv->cfg.maxclients + FM_RESERVED_FDS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+        return;
+    rlim_t cap = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want
+                     ? want
+                     : rl.rlim_max;
+    rl.rlim_cur = cap;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 &&
+        getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        cap = rl.rlim_cur;
+    if (cap >= want)
+        return;
+    int64_t fit = cap > FM_RESERVED_FDS ? (int64_t)(cap - FM_RESERVED_FDS) : 1;
+    fm_log_write(&srv->log, FM_LOG_WARNING,
+                 "The open files limit is %llu: maxclients lowered from %lld "
+                 "to %lld (raise 'ulimit -n' to allow more)",
+                 (unsigned long long)cap, (long long)srv->cfg.maxclients,
+                 (long long)fit);
+    srv->cfg.maxclients = fit;
+}
+
 /* Registers the listener, the wake pipe, the cron and the hook. */
 static fm_status setup_loop(struct fm_server *srv, struct fm_error *err)
 {
+    fit_open_files_limit(srv);
     size_t setsize = (size_t)srv->cfg.maxclients + FM_RESERVED_FDS;
     fm_status st = fm_ae_new(setsize, &srv->ae, err);
     if (st != FM_OK)
