@@ -507,7 +507,11 @@ static void plan_query(const struct query *q, struct plan *out)
         if (lo != NULL && lo->v.i >= l)
             l = lo->op == OP_GT ? (lo->v.i == INT64_MAX ? h + 1 : lo->v.i + 1)
                                 : lo->v.i;
-        if (hi != NULL && hi->v.i <= h)
+        /* Ids start at 1, so an upper bound below 1 matches nothing; the
+         * test also keeps "id < INT64_MIN" from computing INT64_MIN - 1. */
+        if (hi != NULL && hi->v.i < 1)
+            h = 0;
+        else if (hi != NULL && hi->v.i <= h)
             h = hi->op == OP_LT ? hi->v.i - 1 : hi->v.i;
         if (l > h) {
             p.kind = P_EMPTY;

@@ -88,9 +88,8 @@
  * (10,000; twice that for large tables). A mismatch prints the seed, the
  * operation number, the command as fermata text and the commands before it.
  *
- * An engine bug this test found is kept as its own test,
- * id_below_int64_min_matches_nothing, and the random generator does not
- * produce "id < INT64_MIN" until it is fixed (see gen_cond).
+ * An engine bug this test found ("id < INT64_MIN" computed INT64_MIN - 1)
+ * is kept as its own regression test, id_below_int64_min_matches_nothing.
  */
 #include <criterion/criterion.h>
 #include <sqlite3.h>
@@ -932,12 +931,6 @@ static void gen_cond(struct op *op, int t)
         static const int64_t edges[] = {INT64_MIN, INT64_MIN + 1, -1, 0,
                                         INT64_MAX};
         c->v = lit_int(edges[below((int64_t)FM_ARRAY_LEN(edges))]);
-        /* "id < INT64_MIN" is left to id_below_int64_min_matches_nothing,
-         * which fails until plan_query (engine/query.c) stops computing
-         * INT64_MIN - 1, a signed overflow that UBSan stops the process on;
-         * remove this line once that test passes. */
-        if (c->col == 0 && c->op == OP_LT && c->v.i == INT64_MIN)
-            c->op = OP_LE;
         return;
     }
     c->v = gen_value(t, c->col, false);
