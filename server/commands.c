@@ -9,7 +9,7 @@
  *      here; anything else is "-ERR unknown command 'x', with args
  *      beginning with: ..." in Redis' words;
  *   2. AUTH: with requirepass set, an unauthenticated client may run only
- *      the commands flagged FM_CMD_NOAUTH (AUTH, HELLO, QUIT, HELP):
+ *      the commands flagged FM_CMD_NOAUTH (AUTH, HELLO, QUIT):
  *      -NOAUTH;
  *   3. arity, in Redis' convention (n exactly, -n at least n);
  *   4. maxmemory: an engine write while the server uses more than maxmemory
@@ -136,7 +136,7 @@ const struct fm_command_def fm_command_defs[] = {
      "read or change parameters"},
     {"SHUTDOWN", cmd_shutdown, -1, NOQUEUE, "SHUTDOWN [SAVE|NOSAVE]",
      "flush, snapshot unless NOSAVE, exit"},
-    {"HELP", cmd_help, -1, NOAUTH | NOQUEUE, "HELP", "this list"},
+    {"HELP", cmd_help, -1, NOQUEUE, "HELP", "this list"},
     {"SAVE", cmd_save, 1, 0, "SAVE", "snapshot now (blocking)"},
     {"BGSAVE", cmd_save, -1, 0, "BGSAVE", "snapshot in the background"},
     {"LASTSAVE", cmd_save, 1, 0, "LASTSAVE", "unix time of the last snapshot"},

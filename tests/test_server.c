@@ -371,6 +371,8 @@ Test(server, auth_guards_every_command_when_requirepass_is_set, .fini = stop)
     expect_error(c, "NOAUTH", "PING");
     expect_error(c, "NOAUTH", "GET users 1");
     expect_error(c, "NOAUTH", "HELLO 2");
+    expect_error(c, "NOAUTH", "HELP");
+    expect_error(c, "NOAUTH", "CONFIG GET requirepass");
     expect_error(c, "WRONGPASS", "AUTH wrong");
     expect_error(c, "WRONGPASS", "AUTH s3cre");
     expect_error(c, "WRONGPASS", "AUTH s3cret2");
