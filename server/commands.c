@@ -83,10 +83,12 @@ static void cmd_save(struct fm_client *c, const struct fm_args *a,
 #define ENGINE  FM_CMD_ENGINE
 
 const struct fm_command_def fm_command_defs[] = {
-    /* Data commands: executed by the engine (docs/commands.md). */
-    {"INSERT", NULL, -4, ENGINE, "INSERT table col val [col val ...]",
+    /* Data commands: executed by the engine (docs/commands.md). Their
+     * arities are the engine's minimums, so that the engine, which knows
+     * each command's grammar, words every other argument error. */
+    {"INSERT", NULL, -2, ENGINE, "INSERT table col val [col val ...]",
      "insert a row; replies its id"},
-    {"GET", NULL, 3, ENGINE, "GET table id", "the row with this id, or nil"},
+    {"GET", NULL, -3, ENGINE, "GET table id", "the row with this id, or nil"},
     {"FIND", NULL, -2, ENGINE,
      "FIND table [WHERE col op val [AND ...]] [ORDER BY col [ASC|DESC]] "
      "[LIMIT n [OFFSET m]]",
@@ -95,17 +97,17 @@ const struct fm_command_def fm_command_defs[] = {
      "the number of matching rows"},
     {"EXPLAIN", NULL, -3, ENGINE, "EXPLAIN FIND ...",
      "the query plan of a FIND"},
-    {"UPDATE", NULL, -5, ENGINE, "UPDATE table id col val [col val ...]",
+    {"UPDATE", NULL, -3, ENGINE, "UPDATE table id col val [col val ...]",
      "change columns of a row; :1 if updated, :0 if no such row"},
-    {"INCR", NULL, 5, ENGINE, "INCR table id col delta",
+    {"INCR", NULL, -2, ENGINE, "INCR table id col delta",
      "add delta to an integer column; replies the new value"},
-    {"UPSERT", NULL, -4, ENGINE,
+    {"UPSERT", NULL, -2, ENGINE,
      "UPSERT table keycol val [keycol val ...] [SET col val ...] "
      "[INCR col delta ...]",
      "insert or update the row with this unique key; replies its id"},
     {"DELETE", NULL, -3, ENGINE, "DELETE table id | DELETE table WHERE ...",
      "remove rows, cascades included; replies the count"},
-    {"TABLES", NULL, 1, ENGINE, "TABLES", "the names of the tables"},
+    {"TABLES", NULL, -1, ENGINE, "TABLES", "the names of the tables"},
     {"SCHEMA", NULL, -1, ENGINE, "SCHEMA [table]", "the DDL text"},
     /* Server commands. */
     {"PING", cmd_ping, -1, 0, "PING [message]", "+PONG, or the message"},
