@@ -13,7 +13,7 @@
 struct fm_config {
     int64_t port;      /* 0: any free port, read back with fm_server_port */
     char *bind;        /* address to listen on */
-    char *dir;         /* data directory */
+    char *dir;         /* data directory; "" runs without a WAL */
     char *requirepass; /* "" for none */
     bool protected_mode;
     int64_t maxclients;
