@@ -274,9 +274,20 @@ void fm_server_accept(struct fm_ae *ae, int fd, void *data, int mask)
         socklen_t ss_len = sizeof(ss);
         int cfd = accept(fd, (struct sockaddr *)&ss, &ss_len);
         if (cfd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            if (errno == EMFILE || errno == ENFILE) {
+                /* The pending connection keeps the listener readable: stop
+                 * watching it until the cron's next tick rather than spin
+                 * on a failing accept(). */
+                fm_log_write(&srv->log, FM_LOG_WARNING,
+                             "accept: %s; pausing accepts for %d ms",
+                             strerror(errno), FM_CRON_MS);
+                fm_ae_remove_file(srv->ae, fd, FM_AE_READABLE);
+                srv->accept_paused = true;
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK &&
+                       errno != EINTR) {
                 fm_log_write(&srv->log, FM_LOG_WARNING, "accept: %s",
                              strerror(errno));
+            }
             return;
         }
         int fl = fcntl(cfd, F_GETFL);

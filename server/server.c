@@ -271,6 +271,10 @@ static int64_t cron(struct fm_ae *ae, int64_t id, void *data)
     int64_t now = fm_monotonic_us();
     sample_ops(srv, now);
     clients_cron(srv, now);
+    if (srv->accept_paused &&
+        fm_ae_add_file(srv->ae, srv->listen_fd, FM_AE_READABLE,
+                       fm_server_accept, srv) == FM_OK)
+        srv->accept_paused = false;
     /* Reaps a finished background snapshot, starts one when due. */
     fm_engine_cron(srv->engine);
     /* One huge reply (a FIND of every row) must not pin its memory. */

@@ -151,6 +151,7 @@ struct fm_server {
     size_t client_mem_bytes; /* recomputed by the cron */
     bool shutdown_asap;
     bool shutdown_nosave;
+    bool accept_paused; /* out of fds: the cron watches the listener again */
 };
 
 /* ---- network.c -------------------------------------------------------- */
