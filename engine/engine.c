@@ -141,6 +141,7 @@ fm_status fm_engine_exec(struct fm_engine *e, size_t argc,
     size_t reply_len = reply->buf.len;
     size_t reply_n = reply->n_values;
     fm_error_clear(&e->err);
+    e->last_wrote = false;
     fm_status st = argc > 0 ? refuse_write(e, argv[0], argv_len[0]) : FM_OK;
     if (st != FM_OK) {
         reply_error_at(e, reply, reply_len, reply_n, st);
@@ -163,6 +164,7 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
     size_t reply_len = reply->buf.len;
     size_t reply_n = reply->n_values;
     fm_error_clear(&e->err);
+    e->last_wrote = false;
     for (size_t i = 0; i < n_cmds; i++) {
         fm_status st = cmds[i].argc > 0 ? refuse_write(e, cmds[i].argv[0],
                                                        cmds[i].argv_len[0])
@@ -199,6 +201,11 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
         return cst;
     }
     return FM_OK;
+}
+
+bool fm_engine_last_exec_wrote(const struct fm_engine *e)
+{
+    return e->last_wrote;
 }
 
 uint64_t fm_engine_row_count(const struct fm_engine *e)

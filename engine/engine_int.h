@@ -104,6 +104,7 @@ struct fm_engine {
     size_t undo_cap;
     size_t txn_start; /* first entry of the open transaction */
     bool in_txn;
+    bool last_wrote; /* the last committed transaction changed rows */
     /* Durability; wal is NULL for a memory-only engine. */
     struct fm_wal *wal;
     char *dir;

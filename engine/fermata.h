@@ -244,6 +244,13 @@ fm_status fm_engine_exec(struct fm_engine *e, size_t argc,
                          const uint8_t *const *argv, const size_t *argv_len,
                          struct fm_reply *reply);
 
+/*
+ * True when the last fm_engine_exec or fm_engine_exec_multi changed data
+ * (and so appended a WAL record that the next fm_engine_flush must make
+ * durable); false for reads, failures and writes that matched nothing.
+ */
+bool fm_engine_last_exec_wrote(const struct fm_engine *e);
+
 /* One command of a transaction. */
 struct fm_command {
     size_t argc;

@@ -104,6 +104,7 @@ fm_status fm_txn_commit(struct fm_engine *e)
         if (st != FM_OK)
             fm_txn_rollback_to(e, e->txn_start);
     }
+    e->last_wrote = e->n_undo > e->txn_start;
     e->in_txn = false;
     if (e->wal == NULL)
         fm_txn_release_group(e);

@@ -405,13 +405,10 @@ void fm_client_execute(struct fm_client *c, const struct fm_args *a)
         stat->failed++;
         srv->total_errors++;
     }
-    /* A write that succeeded waits in the WAL buffer until the turn's flush;
-     * remember where its reply starts in case that flush fails. EXEC counts
-     * as a write whatever it ran: being conservative costs nothing. */
-    bool wrote =
-        !failed &&
-        ((engine && fm_engine_command_is_write(a->argv[0], a->argv_len[0])) ||
-         (cmd != NULL && cmd->fn == cmd_exec));
+    /* A write that changed rows waits in the WAL buffer until the turn's
+     * flush; remember where its reply starts in case that flush fails. */
+    bool wrote = !failed && (engine || (cmd != NULL && cmd->fn == cmd_exec)) &&
+                 fm_engine_last_exec_wrote(srv->engine);
     if (wrote && !c->turn_wrote) {
         c->turn_wrote = true;
         c->turn_mark = c->out.len;
