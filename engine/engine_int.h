@@ -47,6 +47,7 @@ struct fm_index {
     struct fm_table *table;
     struct fm_btree *bt; /* exactly one of bt and h is set */
     struct fm_hash *h;
+    size_t max_col; /* the highest column number in the key */
 };
 
 struct fm_table {

@@ -683,6 +683,7 @@ static fm_status run_plan(struct fm_engine *e, const struct query *q,
 
 struct sort_entry {
     uint64_t id;
+    const uint8_t *rec; /* the row's record, so output needs no lookup */
     int64_t i;
     const uint8_t *s;
     uint32_t len;
@@ -765,9 +766,9 @@ static bool sort_visit(struct fm_engine *e, const struct query *q,
 {
     struct sorter *s = ctx;
     struct sort_entry en;
-    (void)q;
     const struct fm_value *v = &row->v[s->col];
     en.id = row->id;
+    en.rec = fm_table_record(q->t, row->id);
     en.is_null = v->is_null;
     en.i = v->i;
     en.s = v->s;
@@ -873,8 +874,8 @@ static fm_status exec_find(struct fm_engine *e, const struct query *q,
     fm_reply_array(reply, to - from);
     for (size_t i = from; i < to; i++) {
         struct fm_row row;
-        uint64_t id = entries(e)[i].id;
-        fm_table_decode(q->t, id, fm_table_record(q->t, id), &row);
+        const struct sort_entry *en = &entries(e)[i];
+        fm_table_decode(q->t, en->id, en->rec, &row);
         reply_row(e, reply, q->t, &row);
     }
     return FM_OK;

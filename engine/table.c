@@ -234,8 +234,9 @@ void fm_table_free_record(struct fm_table *t, uint8_t *rec)
         slab_free(&t->slab, rec, fm_table_record_size(rec));
 }
 
-void fm_table_decode(const struct fm_table *t, uint64_t id, const uint8_t *rec,
-                     struct fm_row *row)
+/* Decodes the id, the timestamps and the user columns 1..last only. */
+static void decode_upto(const struct fm_table *t, uint64_t id,
+                        const uint8_t *rec, struct fm_row *row, size_t last)
 {
     const struct fm_table_def *d = t->def;
     size_t ca = fm_col_created_at(d);
@@ -256,7 +257,8 @@ void fm_table_decode(const struct fm_table *t, uint64_t id, const uint8_t *rec,
     row->v[ca].i = created;
     row->v[ca + 1].is_null = false;
     row->v[ca + 1].i = created + fm_unzigzag(u);
-    for (size_t c = 1; c < ca; c++) {
+    size_t end = last + 1 < ca ? last + 1 : ca;
+    for (size_t c = 1; c < end; c++) {
         struct fm_value *v = &row->v[c];
         if (bitmap[(c - 1) / 8] & (1u << ((c - 1) % 8))) {
             v->is_null = true;
@@ -278,6 +280,12 @@ void fm_table_decode(const struct fm_table *t, uint64_t id, const uint8_t *rec,
             v->len = 0;
         }
     }
+}
+
+void fm_table_decode(const struct fm_table *t, uint64_t id, const uint8_t *rec,
+                     struct fm_row *row)
+{
+    decode_upto(t, id, rec, row, t->def->n_cols);
 }
 
 fm_status fm_table_set_record(struct fm_table *t, uint64_t id, uint8_t *rec)
@@ -386,7 +394,9 @@ static size_t index_key_fn(void *ctx, uint64_t rowid, uint8_t *buf, size_t cap)
     const uint8_t *rec = fm_table_record(ix->table, rowid);
     FM_ASSERT(rec != NULL);
     struct fm_row row;
-    fm_table_decode(ix->table, rowid, rec, &row);
+    /* Only the columns up to the index's last one: a hash probe of
+     * users.username decodes one string, not the whole row. */
+    decode_upto(ix->table, rowid, rec, &row, ix->max_col);
     return key_write(ix, &row, buf, cap);
 }
 
@@ -472,6 +482,11 @@ fm_status fm_table_init(struct fm_table *t, struct fm_engine *e, size_t no)
         struct fm_index *ix = &t->indexes[i];
         ix->def = &t->def->indexes[i];
         ix->table = t;
+        ix->max_col = 0;
+        for (size_t k = 0; k < ix->def->n_cols; k++) {
+            if ((size_t)ix->def->cols[k] > ix->max_col)
+                ix->max_col = (size_t)ix->def->cols[k];
+        }
         fm_status st =
             ix->def->hash
                 ? fm_hash_new(index_key_fn, ix, ix->def->unique, &ix->h)
