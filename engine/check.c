@@ -136,8 +136,7 @@ fm_status fm_engine_check(struct fm_engine *e, struct fm_error *err)
     return FM_OK;
 }
 
-/* ---- fm_check_dir -----------------------------------------------------------
- */
+/* ---- fm_check_dir -------------------------------------------------------- */
 
 struct dir_check {
     fm_check_fn fn;

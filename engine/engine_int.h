@@ -139,7 +139,7 @@ struct fm_engine {
     struct fm_error err;
 };
 
-/* ---- table.c: rows, records, indexes ----------------------------------- */
+/* ---- table.c: rows, records, indexes ------------------------------------- */
 
 fm_status fm_table_init(struct fm_table *t, struct fm_engine *e, size_t no);
 void fm_table_fini(struct fm_table *t);
@@ -186,7 +186,7 @@ void fm_table_index_remove(struct fm_table *t, const struct fm_row *row,
 size_t fm_table_row_bytes(const struct fm_table *t);
 size_t fm_table_index_bytes(const struct fm_table *t);
 
-/* ---- txn.c: writes, constraints, undo ---------------------------------- */
+/* ---- txn.c: writes, constraints, undo ------------------------------------ */
 
 /* Starts a transaction; commands between begin and commit are atomic. */
 void fm_txn_begin(struct fm_engine *e);
@@ -227,7 +227,7 @@ fm_status fm_txn_delete(struct fm_engine *e, struct fm_table *t, uint64_t id,
 fm_status fm_check_value(struct fm_engine *e, const struct fm_table *t,
                          size_t col, const struct fm_value *v);
 
-/* ---- persist.c: redo records, snapshots, recovery ---------------------- */
+/* ---- persist.c: redo records, snapshots, recovery ------------------------ */
 
 /* Appends the redo record of undo entries [from, n_undo) to the WAL. */
 fm_status fm_persist_log_txn(struct fm_engine *e, size_t from);
@@ -247,7 +247,7 @@ bool fm_table_record_is_valid(const struct fm_table *t, const uint8_t *rec,
 /* Size in bytes of a record, its length prefix included. */
 size_t fm_table_record_size(const uint8_t *rec);
 
-/* ---- query.c: the command language ------------------------------------- */
+/* ---- query.c: the command language --------------------------------------- */
 
 fm_status fm_query_exec(struct fm_engine *e, size_t argc,
                         const uint8_t *const *argv, const size_t *argv_len,

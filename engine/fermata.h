@@ -18,7 +18,7 @@
 
 struct fm_engine;
 
-/* ---- Replies ------------------------------------------------------------ */
+/* ---- Replies ------------------------------------------------------------- */
 
 enum fm_reply_type {
     FM_REPLY_NIL = 1,    /* RESP nil bulk */
@@ -84,7 +84,7 @@ void fm_reply_cursor_init(struct fm_reply_cursor *c, const struct fm_reply *r);
 /* Reads the next value in order (arrays are flattened: header, then items). */
 bool fm_reply_next(struct fm_reply_cursor *c, struct fm_reply_value *out);
 
-/* ---- Engine ------------------------------------------------------------- */
+/* ---- Engine -------------------------------------------------------------- */
 
 /* When the write-ahead log is forced to disk (SPEC section 4). */
 enum fm_fsync_policy {
@@ -298,7 +298,7 @@ size_t fm_engine_memory_bytes(const struct fm_engine *e);
 /* The schema text the engine was created with (borrowed). */
 const char *fm_engine_schema_text(const struct fm_engine *e, size_t *len_out);
 
-/* ---- Offline verification (fermata-check) ------------------------------- */
+/* ---- Offline verification (fermata-check) -------------------------------- */
 
 /* What one file of a data directory holds. */
 struct fm_check_item {

@@ -136,8 +136,7 @@ static void go_readonly(struct fm_engine *e, const char *why)
          "the write-ahead log failed, refusing writes from now on: %s", why);
 }
 
-/* ---- redo records -----------------------------------------------------------
- */
+/* ---- redo records -------------------------------------------------------- */
 
 static fm_status put_varint(struct fm_buf *b, uint64_t v)
 {
@@ -299,8 +298,7 @@ static fm_status apply_redo(struct fm_engine *e, const uint8_t *p, size_t len,
     return FM_OK;
 }
 
-/* ---- snapshots: writing -----------------------------------------------------
- */
+/* ---- snapshots: writing -------------------------------------------------- */
 
 static fm_status emit_chunk(struct fm_snapshot_writer *w, struct fm_buf *b,
                             struct fm_error *err)
@@ -576,8 +574,7 @@ void fm_engine_cron(struct fm_engine *e)
              err.msg);
 }
 
-/* ---- flush, shutdown, stats ------------------------------------------------
- */
+/* ---- flush, shutdown, stats ---------------------------------------------- */
 
 fm_status fm_engine_flush(struct fm_engine *e, struct fm_error *err)
 {

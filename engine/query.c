@@ -79,8 +79,7 @@ struct plan {
     bool hi_incl;
 };
 
-/* ---- small helpers ---------------------------------------------------------
- */
+/* ---- small helpers ------------------------------------------------------- */
 
 /* Case-insensitive match of p against the upper-case keyword kw. */
 static bool word_is(const uint8_t *p, size_t len, const char *kw)

@@ -115,8 +115,7 @@ static void slab_fini(struct fm_slab *s)
     memset(s, 0, sizeof(*s));
 }
 
-/* ---- records --------------------------------------------------------------
- */
+/* ---- records ------------------------------------------------------------- */
 
 size_t fm_table_record_size(const uint8_t *rec)
 {
@@ -466,8 +465,7 @@ void fm_table_index_remove(struct fm_table *t, const struct fm_row *row,
     }
 }
 
-/* ---- lifecycle and accounting ---------------------------------------------
- */
+/* ---- lifecycle and accounting -------------------------------------------- */
 
 fm_status fm_table_init(struct fm_table *t, struct fm_engine *e, size_t no)
 {

@@ -160,8 +160,7 @@ void fm_txn_rollback_to(struct fm_engine *e, size_t savepoint)
     }
 }
 
-/* ---- constraint checks ----------------------------------------------------
- */
+/* ---- constraint checks --------------------------------------------------- */
 
 static void quote_value(const struct fm_table *t, size_t col,
                         const struct fm_value *v, char *out, size_t cap)
@@ -283,21 +282,43 @@ static fm_status nomem(struct fm_engine *e)
     return fm_error_set(&e->err, FM_ERR_NOMEM, "out of memory");
 }
 
-/* ---- insert -----------------------------------------------------------------
- */
+/* NOT NULL, CHECK and FOREIGN KEY of the columns in mask (bit per column). */
+static fm_status check_columns(struct fm_engine *e, const struct fm_table *t,
+                               const struct fm_row *row, uint64_t mask)
+{
+    for (size_t c = 1; c < t->def->n_cols; c++) {
+        if (!(mask & ((uint64_t)1 << c)))
+            continue;
+        fm_status st = fm_check_value(e, t, c, &row->v[c]);
+        if (st == FM_OK)
+            st = check_foreign_key(e, t, c, &row->v[c]);
+        if (st != FM_OK)
+            return st;
+    }
+    return FM_OK;
+}
+
+/* Encodes row into a new record of t, with room reserved in the undo log
+ * for the change that will own it. */
+static fm_status new_record(struct fm_engine *e, struct fm_table *t,
+                            const struct fm_row *row, uint8_t **rec_out)
+{
+    if (undo_reserve(e, 1) != FM_OK || fm_table_encode_row(t, row) != FM_OK)
+        return nomem(e);
+    *rec_out = fm_table_alloc_record(t);
+    return *rec_out != NULL ? FM_OK : nomem(e);
+}
+
+/* ---- insert -------------------------------------------------------------- */
 
 fm_status fm_txn_insert(struct fm_engine *e, struct fm_table *t,
                         struct fm_row *row, uint64_t *id_out)
 {
     FM_ASSERT(e->in_txn);
     const struct fm_table_def *d = t->def;
-    fm_status st;
-    for (size_t c = 1; c < d->n_cols; c++) {
-        if ((st = fm_check_value(e, t, c, &row->v[c])) != FM_OK)
-            return st;
-        if ((st = check_foreign_key(e, t, c, &row->v[c])) != FM_OK)
-            return st;
-    }
+    fm_status st = check_columns(e, t, row, ~(uint64_t)1);
+    if (st != FM_OK)
+        return st;
     uint64_t id = row->id;
     uint64_t old_next = t->next_id;
     if (id == 0) {
@@ -313,12 +334,9 @@ fm_status fm_txn_insert(struct fm_engine *e, struct fm_table *t,
     row->id = id;
     row->v[0].is_null = false;
     row->v[0].i = (int64_t)id;
-    if ((st = undo_reserve(e, 1)) != FM_OK ||
-        (st = fm_table_encode_row(t, row)) != FM_OK)
-        return nomem(e);
-    uint8_t *rec = fm_table_alloc_record(t);
-    if (rec == NULL)
-        return nomem(e);
+    uint8_t *rec;
+    if ((st = new_record(e, t, row, &rec)) != FM_OK)
+        return st;
     if ((st = fm_table_set_record(t, id, rec)) != FM_OK) {
         fm_table_free_record(t, rec);
         return nomem(e);
@@ -345,8 +363,7 @@ fm_status fm_txn_insert(struct fm_engine *e, struct fm_table *t,
     return FM_OK;
 }
 
-/* ---- update -----------------------------------------------------------------
- */
+/* ---- update -------------------------------------------------------------- */
 
 /* Indexes whose key includes a column in changed_mask. */
 static uint32_t indexes_touching(const struct fm_table *t, uint64_t changed)
@@ -370,21 +387,10 @@ fm_status fm_txn_update(struct fm_engine *e, struct fm_table *t,
     uint64_t id = row->id;
     uint8_t *old = fm_table_record(t, id);
     FM_ASSERT(old != NULL);
-    fm_status st;
-    for (size_t c = 1; c < t->def->n_cols; c++) {
-        if (!(changed_mask & ((uint64_t)1 << c)))
-            continue;
-        if ((st = fm_check_value(e, t, c, &row->v[c])) != FM_OK)
-            return st;
-        if ((st = check_foreign_key(e, t, c, &row->v[c])) != FM_OK)
-            return st;
-    }
-    if ((st = undo_reserve(e, 1)) != FM_OK ||
-        (st = fm_table_encode_row(t, row)) != FM_OK)
-        return nomem(e);
-    uint8_t *rec = fm_table_alloc_record(t);
-    if (rec == NULL)
-        return nomem(e);
+    uint8_t *rec;
+    fm_status st = check_columns(e, t, row, changed_mask);
+    if (st != FM_OK || (st = new_record(e, t, row, &rec)) != FM_OK)
+        return st;
     uint32_t mask = indexes_touching(t, changed_mask);
     struct fm_row old_row;
     struct fm_row new_row;
@@ -409,8 +415,7 @@ fm_status fm_txn_update(struct fm_engine *e, struct fm_table *t,
     return FM_OK;
 }
 
-/* ---- delete -----------------------------------------------------------------
- */
+/* ---- delete -------------------------------------------------------------- */
 
 static size_t ids_count(const struct fm_engine *e)
 {

@@ -632,8 +632,7 @@ Test(engine, stats_account_rows_and_index_memory)
     cr_assert_eq(fm_engine_row_count(db), 14);
 }
 
-/* ---- schema language ------------------------------------------------------
- */
+/* ---- schema language ----------------------------------------------------- */
 
 static fm_status open_schema(const char *ddl, struct fm_engine **out,
                              struct fm_error *err)
@@ -797,8 +796,7 @@ Test(engine, every_allocation_failure_in_a_write_changes_nothing)
     }
 }
 
-/* ---- values -----------------------------------------------------------------
- */
+/* ---- values -------------------------------------------------------------- */
 
 Test(engine, datetime_text_round_trips_and_the_day_cache_agrees)
 {
