@@ -688,12 +688,125 @@ static int key_entry_cmp(const void *a, const void *b)
     return r;
 }
 
+/*
+ * Keys of at most 8 bytes, the common case (ids, counts, pairs of small
+ * ids), are sorted without comparisons: each is packed big-endian into a
+ * uint64 and the entries go through a stable LSD radix sort, first on the
+ * key length, then byte by byte from the least significant, skipping bytes
+ * that every key shares. Rows are visited in id order, so stability leaves
+ * equal keys in id order, which is the tree's order.
+ */
+struct short_key {
+    uint64_t packed; /* the key's bytes, big-endian, zero-padded */
+    uint64_t id_len; /* row id << 8 | key length */
+};
+
+static void radix_pass(const struct short_key *src, struct short_key *dst,
+                       size_t n, int shift, bool by_len)
+{
+    size_t count[257] = {0};
+    for (size_t i = 0; i < n; i++) {
+        unsigned b = by_len ? (unsigned)(src[i].id_len & 0xff)
+                            : (unsigned)(src[i].packed >> shift) & 0xff;
+        count[b + 1]++;
+    }
+    for (size_t b = 1; b < 257; b++)
+        count[b] += count[b - 1];
+    for (size_t i = 0; i < n; i++) {
+        unsigned b = by_len ? (unsigned)(src[i].id_len & 0xff)
+                            : (unsigned)(src[i].packed >> shift) & 0xff;
+        dst[count[b]++] = src[i];
+    }
+}
+
+/* Sorts v[0..n) with tmp[0..n) as scratch; the result ends in *out. */
+static struct short_key *radix_sort(struct short_key *v, struct short_key *tmp,
+                                    size_t n)
+{
+    uint64_t all_or = 0;
+    uint64_t all_and = UINT64_MAX;
+    for (size_t i = 0; i < n; i++) {
+        all_or |= v[i].packed;
+        all_and &= v[i].packed;
+    }
+    radix_pass(v, tmp, n, 0, true);
+    struct short_key *a = tmp;
+    struct short_key *b = v;
+    for (int shift = 0; shift < 64; shift += 8) {
+        if (((all_or ^ all_and) >> shift & 0xff) == 0)
+            continue; /* every key has the same byte here */
+        radix_pass(a, b, n, shift, false);
+        struct short_key *t = a;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+static fm_status append_short_keys(struct fm_index *ix,
+                                   const struct short_key *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint8_t key[8];
+        fm_store_be64(key, v[i].packed);
+        fm_status st =
+            fm_btree_append(ix->bt, key, v[i].id_len & 0xff, v[i].id_len >> 8);
+        if (st != FM_OK)
+            return st == FM_ERR_NOMEM ? st : FM_ERR_CORRUPT;
+    }
+    return FM_OK;
+}
+
+/* The short-key path of build_btree; *done_out false when a key is longer
+ * than 8 bytes and the general path must run instead. */
+static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
+                                   struct fm_buf *ents, bool *done_out)
+{
+    struct fm_row row;
+    struct fm_buf *eb = &t->engine->key;
+    uint8_t key[8];
+    size_t n = (size_t)t->n_rows;
+    size_t bytes;
+    *done_out = false;
+    if (fm_mul_overflows(n, 2 * sizeof(struct short_key), &bytes))
+        return FM_ERR_NOMEM;
+    ents->len = 0;
+    if (fm_buf_reserve(ents, bytes) != FM_OK)
+        return FM_ERR_NOMEM;
+    struct short_key *v = (struct short_key *)(void *)ents->data;
+    size_t k = 0;
+    for (uint64_t id = 1; id < t->next_id; id++) {
+        const uint8_t *rec = fm_table_record(t, id);
+        if (rec == NULL)
+            continue;
+        fm_table_decode(t, id, rec, &row);
+        eb->len = 0;
+        if (fm_index_key(ix, &row, eb) != FM_OK)
+            return FM_ERR_NOMEM;
+        if (eb->len > 8)
+            return FM_OK; /* not done: use the general path */
+        memset(key, 0, 8);
+        memcpy(key, eb->data, eb->len);
+        FM_ASSERT(k < n);
+        v[k].packed = fm_load_be64(key);
+        v[k].id_len = id << 8 | eb->len;
+        k++;
+    }
+    struct short_key *sorted = radix_sort(v, v + n, k);
+    *done_out = true;
+    return append_short_keys(ix, sorted, k);
+}
+
 /* Builds one B+tree from every row of its table: keys encoded once, sorted
  * once, appended in order. */
 static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
                              struct fm_buf *keys, struct fm_buf *ents)
 {
     struct fm_row row;
+    bool done;
+    fm_status st = build_btree_short(t, ix, ents, &done);
+    if (st != FM_OK || done)
+        return st;
     keys->len = 0;
     ents->len = 0;
     for (uint64_t id = 1; id < t->next_id; id++) {
@@ -717,7 +830,7 @@ static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
     if (n > 1)
         qsort(v, n, sizeof(*v), key_entry_cmp);
     for (size_t i = 0; i < n; i++) {
-        fm_status st = fm_btree_append(ix->bt, v[i].k.key, v[i].len, v[i].id);
+        st = fm_btree_append(ix->bt, v[i].k.key, v[i].len, v[i].id);
         if (st != FM_OK)
             return st == FM_ERR_NOMEM ? st : FM_ERR_CORRUPT;
     }
