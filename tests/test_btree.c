@@ -1004,3 +1004,335 @@ Test(btree, check_detects_a_key_changed_behind_its_back)
     cr_assert(strstr(err.msg, "row 100") != NULL, "message: %s", err.msg);
     fm_btree_free(t);
 }
+
+/*
+ * Overflow into siblings and three-way splits. These trees key each row by
+ * its rowid (rowid_key_cb), built by append from the even rowids 0, 2, ...,
+ * so that every leaf is full and any odd rowid lands inside a chosen leaf.
+ * Leaf i of such a tree holds rowids 252 * i to 252 * i + 250, and the
+ * leaves under inner node j of level 1 are 84 * j to 84 * j + 83.
+ */
+enum {
+    LEAF_ENTRIES = 126,
+    INNER_CHILDREN = 84,
+};
+
+static struct fm_btree *even_tree(size_t n)
+{
+    struct fm_btree *t;
+    cr_assert(fm_btree_new(rowid_key_cb, NULL, true, &t) == FM_OK);
+    for (uint64_t i = 0; i < n; i++) {
+        uint8_t k[8];
+        be_key(k, 2 * i);
+        cr_assert(fm_btree_append(t, k, 8, 2 * i) == FM_OK);
+    }
+    return t;
+}
+
+static fm_status insert_rowid(struct fm_btree *t, uint64_t rowid)
+{
+    uint8_t k[8];
+    be_key(k, rowid);
+    return fm_btree_insert(t, k, 8, rowid);
+}
+
+static bool remove_rowid(struct fm_btree *t, uint64_t rowid)
+{
+    uint8_t k[8];
+    be_key(k, rowid);
+    return fm_btree_remove(t, k, 8, rowid);
+}
+
+/* An odd rowid in the middle of leaf i of an even tree. */
+static uint64_t inside_leaf(size_t i)
+{
+    return 2 * (LEAF_ENTRIES * i + LEAF_ENTRIES / 2) + 1;
+}
+
+/* Checks the tree and that it holds n rowids in increasing order. */
+static void check_rowid_tree(struct fm_btree *t, size_t n)
+{
+    struct fm_error err = {0};
+    cr_assert(fm_btree_check(t, &err) == FM_OK, "check failed: %s", err.msg);
+    cr_assert(fm_btree_count(t) == n, "count %zu, expected %zu",
+              fm_btree_count(t), n);
+    struct fm_btree_iter it;
+    fm_btree_iter_init(&it, t, NULL, NULL, false);
+    uint64_t rowid;
+    size_t seen = 0;
+    uint64_t prev = 0;
+    while (fm_btree_iter_next(&it, &rowid)) {
+        cr_assert(seen == 0 || rowid > prev, "row %llu after %llu",
+                  (unsigned long long)rowid, (unsigned long long)prev);
+        prev = rowid;
+        seen++;
+    }
+    cr_assert(seen == n, "iterated %zu of %zu rows", seen, n);
+}
+
+/* Bytes that one more leaf, and one more inner node, add to a tree. */
+static size_t leaf_bytes(void)
+{
+    struct fm_btree *t = even_tree(0);
+    size_t empty = fm_btree_memory_bytes(t);
+    fm_btree_free(t);
+    t = even_tree(1);
+    size_t one_leaf = fm_btree_memory_bytes(t);
+    fm_btree_free(t);
+    return one_leaf - empty;
+}
+
+static size_t inner_bytes(void)
+{
+    struct fm_btree *t = even_tree(LEAF_ENTRIES);
+    size_t one_leaf = fm_btree_memory_bytes(t);
+    fm_btree_free(t);
+    /* Two leaves under a root. */
+    t = even_tree(LEAF_ENTRIES + 1);
+    size_t with_root = fm_btree_memory_bytes(t);
+    fm_btree_free(t);
+    return with_root - one_leaf - leaf_bytes();
+}
+
+static bool fail_every(void *ctx, size_t size)
+{
+    (void)size;
+    *(bool *)ctx = true;
+    return true;
+}
+
+/* Inserts rowid while every allocation fails: it must need none. */
+static void insert_without_allocating(struct fm_btree *t, uint64_t rowid)
+{
+    bool asked = false;
+    fm_set_alloc_fail_hook(fail_every, &asked);
+    fm_status st = insert_rowid(t, rowid);
+    fm_set_alloc_fail_hook(NULL, NULL);
+    cr_assert(st == FM_OK && !asked, "insert of %llu gave %s, allocated %d",
+              (unsigned long long)rowid, fm_status_name(st), asked);
+}
+
+Test(btree, full_leaf_shifts_into_right_sibling_with_room)
+{
+    /* A full first leaf and a half-full last one. */
+    size_t n = LEAF_ENTRIES + LEAF_ENTRIES / 2;
+    struct fm_btree *t = even_tree(n);
+    size_t mem = fm_btree_memory_bytes(t);
+    insert_without_allocating(t, inside_leaf(0));
+    /* The first leaf's last entries moved right, and so do their kin. */
+    insert_without_allocating(t, 2 * (LEAF_ENTRIES - 1) + 1);
+    cr_assert(fm_btree_memory_bytes(t) == mem);
+    check_rowid_tree(t, n + 2);
+    /* Both leaves now have room for the rest of what two leaves hold. */
+    for (uint64_t i = 0; i < LEAF_ENTRIES / 2 - 2; i++) {
+        insert_without_allocating(t, 4 * i + 1);
+        check_rowid_tree(t, n + 3 + i);
+    }
+    fm_btree_free(t);
+}
+
+Test(btree, full_leaf_shifts_into_left_sibling_with_room)
+{
+    struct fm_btree *t = even_tree(2 * LEAF_ENTRIES);
+    /* Make room in the first leaf, leaving it over half full. */
+    for (uint64_t i = 0; i < 20; i++)
+        cr_assert(remove_rowid(t, 2 * i));
+    size_t n = 2 * LEAF_ENTRIES - 20;
+    check_rowid_tree(t, n);
+    size_t mem = fm_btree_memory_bytes(t);
+    /* The last leaf is full, and the entry is not past its end. */
+    insert_without_allocating(t, inside_leaf(1));
+    /* Its smallest entry now lives in the first leaf. */
+    insert_without_allocating(t, 2 * LEAF_ENTRIES + 1);
+    cr_assert(fm_btree_memory_bytes(t) == mem);
+    check_rowid_tree(t, n + 2);
+    fm_btree_free(t);
+}
+
+/*
+ * Two full leaves and one more entry become three leaves, each with room
+ * for a third of a leaf more: n_more inserts into each need no node.
+ */
+static void check_three_way_leaf_split(size_t full_leaf)
+{
+    size_t n = 2 * LEAF_ENTRIES;
+    struct fm_btree *t = even_tree(n);
+    size_t mem = fm_btree_memory_bytes(t);
+    cr_assert(insert_rowid(t, inside_leaf(full_leaf)) == FM_OK);
+    cr_assert(fm_btree_memory_bytes(t) == mem + leaf_bytes());
+    check_rowid_tree(t, n + 1);
+    /* The leaves hold entries ranked [0, 84), [84, 168) and [168, 253). */
+    size_t n_more = LEAF_ENTRIES / 3 - 1;
+    static const size_t first_rank[] = {10, 94, 180};
+    for (size_t leaf = 0; leaf < 3; leaf++) {
+        for (size_t i = 0; i < n_more; i++) {
+            uint64_t rowid = 2 * (first_rank[leaf] + i) + 1;
+            if (rowid != inside_leaf(full_leaf))
+                insert_without_allocating(t, rowid);
+        }
+    }
+    cr_assert(fm_btree_memory_bytes(t) == mem + leaf_bytes());
+    check_rowid_tree(t, fm_btree_count(t));
+    fm_btree_free(t);
+}
+
+Test(btree, two_full_leaves_split_three_ways_with_right_sibling)
+{
+    check_three_way_leaf_split(0);
+}
+
+Test(btree, two_full_leaves_split_three_ways_with_left_sibling)
+{
+    /* The last leaf has no right sibling. */
+    check_three_way_leaf_split(1);
+}
+
+Test(btree, full_inner_node_shifts_into_right_sibling)
+{
+    /* A full level-1 node and one with ten leaves, all leaves full. */
+    size_t n = LEAF_ENTRIES * (INNER_CHILDREN + 10);
+    struct fm_btree *t = even_tree(n);
+    size_t mem = fm_btree_memory_bytes(t);
+    /* A leaf split three ways gives the full inner node one more child. */
+    cr_assert(insert_rowid(t, inside_leaf(40)) == FM_OK);
+    cr_assert(fm_btree_memory_bytes(t) == mem + leaf_bytes(),
+              "grew by %zu bytes", fm_btree_memory_bytes(t) - mem);
+    check_rowid_tree(t, n + 1);
+    fm_btree_free(t);
+}
+
+Test(btree, full_inner_node_shifts_into_left_sibling)
+{
+    /* Two full level-1 nodes; then the first loses a few leaves. */
+    size_t n = LEAF_ENTRIES * INNER_CHILDREN * 2;
+    struct fm_btree *t = even_tree(n);
+    size_t mem = fm_btree_memory_bytes(t);
+    size_t n_removed = 3 * LEAF_ENTRIES;
+    for (uint64_t i = 0; i < n_removed; i++)
+        cr_assert(remove_rowid(t, 2 * (LEAF_ENTRIES * 3 + i)));
+    check_rowid_tree(t, n - n_removed);
+    cr_assert(fm_btree_memory_bytes(t) + leaf_bytes() <= mem);
+    mem = fm_btree_memory_bytes(t);
+    /* A leaf under the second, last one splits three ways. */
+    cr_assert(insert_rowid(t, inside_leaf(INNER_CHILDREN + 40)) == FM_OK);
+    cr_assert(fm_btree_memory_bytes(t) == mem + leaf_bytes(),
+              "grew by %zu bytes", fm_btree_memory_bytes(t) - mem);
+    check_rowid_tree(t, n - n_removed + 1);
+    fm_btree_free(t);
+}
+
+Test(btree, full_inner_nodes_split_three_ways)
+{
+    /* Three full level-1 nodes; the middle one overflows. */
+    size_t n = LEAF_ENTRIES * INNER_CHILDREN * 3;
+    struct fm_btree *t = even_tree(n);
+    size_t mem = fm_btree_memory_bytes(t);
+    cr_assert(insert_rowid(t, inside_leaf(INNER_CHILDREN + 40)) == FM_OK);
+    cr_assert(fm_btree_memory_bytes(t) == mem + leaf_bytes() + inner_bytes(),
+              "grew by %zu bytes", fm_btree_memory_bytes(t) - mem);
+    check_rowid_tree(t, n + 1);
+    /* The last one too, with its left sibling. */
+    cr_assert(insert_rowid(t, inside_leaf(3 * INNER_CHILDREN - 40)) == FM_OK);
+    check_rowid_tree(t, n + 2);
+    fm_btree_free(t);
+}
+
+/*
+ * Injects a failure at each allocation of one insert in turn, checking that
+ * each failure leaves the tree as it was, then lets it succeed; returns the
+ * number of allocations the insert made.
+ */
+static size_t insert_failing_each_allocation(struct fm_btree *t, uint64_t rowid)
+{
+    size_t n = fm_btree_count(t);
+    size_t mem = fm_btree_memory_bytes(t);
+    for (size_t fail_at = 0;; fail_at++) {
+        struct fail_plan fp = {0, fail_at, false};
+        fm_set_alloc_fail_hook(fail_nth, &fp);
+        fm_status st = insert_rowid(t, rowid);
+        fm_set_alloc_fail_hook(NULL, NULL);
+        if (!fp.failed) {
+            cr_assert(st == FM_OK);
+            check_rowid_tree(t, n + 1);
+            return fail_at;
+        }
+        cr_assert(st == FM_ERR_NOMEM);
+        cr_assert(fm_btree_memory_bytes(t) == mem);
+        check_rowid_tree(t, n);
+        uint64_t found;
+        uint8_t k[8];
+        be_key(k, rowid);
+        cr_assert(!fm_btree_find(t, k, 8, &found));
+    }
+}
+
+Test(btree, failed_allocation_in_three_way_splits_leaves_tree_unchanged)
+{
+    /* A full root over full leaves: leaf, inner node and new root. */
+    struct fm_btree *t = even_tree(LEAF_ENTRIES * INNER_CHILDREN);
+    cr_assert(insert_failing_each_allocation(t, inside_leaf(40)) == 3);
+    fm_btree_free(t);
+    /* Three full level-1 nodes: a leaf and an inner node. */
+    t = even_tree(LEAF_ENTRIES * INNER_CHILDREN * 3);
+    cr_assert(insert_failing_each_allocation(
+                  t, inside_leaf(INNER_CHILDREN + 40)) == 2);
+    cr_assert(insert_failing_each_allocation(t, inside_leaf(20)) == 1);
+    fm_btree_free(t);
+}
+
+/* Inserts the rowids below n in a scrambled order (n a power of two). */
+static void insert_scrambled(struct fm_btree *t, uint64_t n, size_t check_to)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t rowid = (i * 0x9e3779b97f4a7c15ull + seed) & (n - 1);
+        cr_assert(insert_rowid(t, rowid) == FM_OK);
+        if (i < check_to || i % 4099 == 0) {
+            struct fm_error err = {0};
+            cr_assert(fm_btree_check(t, &err) == FM_OK,
+                      "seed %llu: check failed after %llu inserts: %s",
+                      (unsigned long long)seed, (unsigned long long)i + 1,
+                      err.msg);
+        }
+    }
+}
+
+Test(btree, random_inserts_fill_nodes_over_80_percent)
+{
+    struct fm_btree *t;
+    cr_assert(fm_btree_new(rowid_key_cb, NULL, true, &t) == FM_OK);
+    size_t n = (size_t)1 << 18;
+    insert_scrambled(t, n, 2000);
+    check_rowid_tree(t, n);
+    /* An entry is 16 bytes; at 80% fill it costs 20. */
+    double per_entry = (double)fm_btree_memory_bytes(t) / (double)n;
+    cr_assert(per_entry <= 20.0, "seed %llu: %.2f bytes per entry",
+              (unsigned long long)seed, per_entry);
+    /* Removing half in random order keeps the tree sound. */
+    for (uint64_t i = 0; i < n / 2; i++) {
+        uint64_t rowid = (i * 0x2545f4914f6cdd1dull + seed) & (n - 1);
+        cr_assert(remove_rowid(t, rowid));
+    }
+    check_rowid_tree(t, n / 2);
+    fm_btree_free(t);
+}
+
+Test(btree, random_inserts_against_model_fill_nodes_over_80_percent)
+{
+    struct fm_btree *t;
+    cr_assert(fm_btree_new(key_cb, store, false, &t) == FM_OK);
+    size_t n = 40000;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t k[16];
+        be_key(k, rng());
+        size_t len = 8 + rng_below(9);
+        memset(k + 8, (int)rng_below(3), len - 8);
+        do_insert(t, false, add_row(k, len));
+        if (i < 3000 || i % 997 == 0)
+            check_tree(t);
+    }
+    check_same_as_model(t);
+    double per_entry = (double)fm_btree_memory_bytes(t) / (double)n;
+    cr_assert(per_entry <= 20.5, "seed %llu: %.2f bytes per entry",
+              (unsigned long long)seed, per_entry);
+    fm_btree_free(t);
+}
