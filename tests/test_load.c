@@ -631,3 +631,66 @@ Test(load, server_that_hangs_up_mid_load_is_reported)
     cr_expect(strstr(r.err, "the server closed the connection") != NULL, "%s",
               r.err);
 }
+
+/* Writes s a byte at a time, so that replies reach the loader in pieces. */
+static void write_bytewise(int fd, const char *s)
+{
+    for (size_t i = 0; s[i] != '\0'; i++) {
+        cr_assert_eq(write(fd, s + i, 1), 1);
+        fm_test_pause_ms(1);
+    }
+}
+
+/* Reads from fd until what has come holds n copies of word. */
+static void read_until(int fd, const char *word, int n)
+{
+    static char seen[65536];
+    size_t len = 0;
+    while (len < sizeof(seen) - 1) {
+        ssize_t got = read(fd, seen + len, sizeof(seen) - 1 - len);
+        if (got <= 0)
+            _exit(1);
+        len += (size_t)got;
+        seen[len] = '\0';
+        if (count_lines_with(seen, word) >= n)
+            return;
+    }
+}
+
+Test(load, replies_split_across_reads_are_matched_to_their_lines)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sa_len = sizeof(sa);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(listen(lfd, 1), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sa_len), 0);
+    pid_t fake = fork();
+    cr_assert_geq(fake, 0);
+    if (fake == 0) {
+        int c = accept(lfd, NULL, NULL);
+        read_until(c, "SCHEMA", 1);
+        write_bytewise(c, "$3\r\nddl\r\n");
+        read_until(c, "INSERT", 3);
+        write_bytewise(c, ":1\r\n:2\r\n-FOREIGNKEY no such album\r\n");
+        char buf[256];
+        while (read(c, buf, sizeof(buf)) > 0)
+            continue;
+        close(c);
+        _exit(0);
+    }
+    close(lfd);
+    const char *path = write_text("a.csv", "title\na\nb\nc\n");
+    struct run r;
+    run_load_on(&r, ntohs(sa.sin_port), NULL,
+                (const char *const[]){"--skip-errors", "--table", "albums",
+                                      path, NULL});
+    int status = 0;
+    waitpid(fake, &status, 0);
+    cr_expect_eq(status, 0, "the fake server failed");
+    cr_expect_eq(r.status, 1, "%s", r.err);
+    cr_expect(strstr(r.out, "2 rows ok, 1 failed") != NULL, "%s", r.out);
+    cr_expect(strstr(r.err, "line 4: FOREIGNKEY no such album") != NULL, "%s",
+              r.err);
+}
