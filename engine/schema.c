@@ -19,14 +19,13 @@
  * "--" starts a comment to the end of the line. Every table gets id,
  * created_at and updated_at implicitly; declaring them is an error.
  *
- * Index choice is made here, once: a single-column UNIQUE or INDEX becomes a
- * hash index (equality only, O(1)); an index over an integer or datetime
- * column, and every composite one, becomes a B+tree (prefix, range, order).
- * A single-column INDEX on a number is a B+tree because ranges and ORDER BY
- * on it are likely. Every foreign-key column gets a B+tree index unless an
- * existing B+tree already starts with that column (user_track_history's
- * UNIQUE (user_id, track_id) serves user_id), because RESTRICT, CASCADE and
- * SET NULL must find the referencing rows without a scan.
+ * Index choice is made here, once: a single-column UNIQUE becomes a hash
+ * index (equality only, O(1)); every other index, composite or not, is a
+ * B+tree (prefix, range, order), which also keeps duplicate keys cheap. Every
+ * foreign-key column gets a B+tree index unless an existing B+tree already
+ * starts with that column (user_track_history's UNIQUE (user_id, track_id)
+ * serves user_id), because RESTRICT, CASCADE and SET NULL must find the
+ * referencing rows without a scan.
  *
  * Errors name the line and column of the offending token. The parser does
  * not allocate per token; it allocates the table array, CHECK lists, string
@@ -382,9 +381,12 @@ static fm_status add_index(struct parser *ps, struct fm_table_def *t,
     ix->n_cols = n;
     ix->unique = unique;
     memcpy(ix->cols, cols, n * sizeof(int));
-    /* Hash for single-column equality on strings, and for single-column
-     * uniqueness; B+tree for everything that may be ranged or ordered. */
-    ix->hash = n == 1 && (unique || t->cols[cols[0]].type == FM_TYPE_STRING);
+    /* Hash for single-column uniqueness: equality only, O(1). Everything
+     * else is a B+tree, non-unique single columns included: many rows may
+     * share one value (every logged-out user's empty session token), and
+     * duplicates in a hash index share one probe run, which makes each
+     * insert of the value O(duplicates); the B+tree orders them by id. */
+    ix->hash = n == 1 && unique;
     /* Built in a local buffer: the names it copies live in *t too. */
     char name[sizeof(ix->name)];
     size_t o = (size_t)snprintf(name, sizeof(name), "%s", t->name);
