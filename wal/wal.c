@@ -876,6 +876,14 @@ fm_status fm_wal_iter_open(struct fm_wal *wal, uint64_t after_lsn,
     while (it->seg_i + 1 < wal->n_segs &&
            wal->segs[it->seg_i + 1].first_lsn - 1 <= after_lsn)
         it->seg_i++;
+    /* The segment reached may be covered whole as well (the snapshot was
+     * taken at its end): fm_wal_open has verified its records already, so
+     * it is not read again just to skip them. A segment's LSNs run without
+     * gaps unless force_recovery skipped some, so its last LSN is
+     * first_lsn + n_records - 1. */
+    const struct wal_segment *seg = &wal->segs[it->seg_i];
+    if (!wal->force && seg->first_lsn + seg->n_records <= after_lsn + 1)
+        it->seg_i = wal->n_segs;
     *it_out = it;
     return FM_OK;
 }
