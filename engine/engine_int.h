@@ -161,6 +161,9 @@ fm_status fm_table_encode_row(struct fm_table *t, const struct fm_row *row);
 
 /* Copies e->rec into a new slab record. NULL when out of memory. */
 uint8_t *fm_table_alloc_record(struct fm_table *t);
+/* Copies the record rec[0..len) into a new slab record; NULL on NOMEM. */
+uint8_t *fm_table_copy_record(struct fm_table *t, const uint8_t *rec,
+                              size_t len);
 void fm_table_free_record(struct fm_table *t, uint8_t *rec);
 
 /* Decodes a record into row (row->id is set from id). */
@@ -178,7 +181,15 @@ fm_status fm_index_key(const struct fm_index *ix, const struct fm_row *row,
  */
 fm_status fm_table_index_add(struct fm_table *t, const struct fm_row *row,
                              uint32_t mask, int *bad_index_out);
-/* Removes index entries for row from the indexes in mask. */
+/*
+ * Makes e->key big enough for the longest index key of row, so that
+ * removing its entries cannot fail. Call before changing anything.
+ * FM_ERR_NOMEM.
+ */
+fm_status fm_table_reserve_keys(struct fm_table *t, const struct fm_row *row);
+
+/* Removes index entries for row from the indexes in mask. Needs e->key
+ * reserved for the row (fm_table_reserve_keys). */
 void fm_table_index_remove(struct fm_table *t, const struct fm_row *row,
                            uint32_t mask);
 

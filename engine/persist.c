@@ -52,6 +52,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,22 +213,21 @@ static bool take_record(const struct fm_table *t, const uint8_t **p,
 
 /* Stores a copy of rec as row id of t, replacing any row there, with index
  * maintenance. FM_ERR_CORRUPT when an index refuses it. */
-static fm_status place_row(struct fm_engine *e, struct fm_table *t, uint64_t id,
-                           const uint8_t *rec, size_t len, bool with_indexes)
+static fm_status place_row(struct fm_table *t, uint64_t id, const uint8_t *rec,
+                           size_t len, bool with_indexes)
 {
-    struct fm_buf *rb = &e->rec;
-    rb->len = 0;
-    if (fm_buf_append(rb, rec, len) != FM_OK)
-        return FM_ERR_NOMEM;
-    uint8_t *copy = fm_table_alloc_record(t);
-    if (copy == NULL)
-        return FM_ERR_NOMEM;
     uint8_t *old = fm_table_record(t, id);
     struct fm_row row;
     if (old != NULL && with_indexes) {
         fm_table_decode(t, id, old, &row);
-        fm_table_index_remove(t, &row, UINT32_MAX);
+        if (fm_table_reserve_keys(t, &row) != FM_OK)
+            return FM_ERR_NOMEM;
     }
+    uint8_t *copy = fm_table_copy_record(t, rec, len);
+    if (copy == NULL)
+        return FM_ERR_NOMEM;
+    if (old != NULL && with_indexes)
+        fm_table_index_remove(t, &row, UINT32_MAX);
     if (fm_table_set_record(t, id, copy) != FM_OK) {
         fm_table_free_record(t, copy);
         return FM_ERR_NOMEM;
@@ -252,6 +252,8 @@ static fm_status remove_row(struct fm_table *t, uint64_t id)
         return FM_ERR_CORRUPT;
     struct fm_row row;
     fm_table_decode(t, id, old, &row);
+    if (fm_table_reserve_keys(t, &row) != FM_OK)
+        return FM_ERR_NOMEM;
     fm_table_index_remove(t, &row, UINT32_MAX);
     fm_status st = fm_table_set_record(t, id, NULL);
     FM_ASSERT(st == FM_OK);
@@ -290,7 +292,7 @@ static fm_status apply_redo(struct fm_engine *e, const uint8_t *p, size_t len,
             if (!take_record(t, &p, end, &rec, &rec_len))
                 return FM_ERR_CORRUPT;
             *why = "row image violates a unique index";
-            st = place_row(e, t, id, rec, rec_len, true);
+            st = place_row(t, id, rec, rec_len, true);
         }
         if (st != FM_OK)
             return st;
@@ -760,10 +762,10 @@ static fm_status append_short_keys(struct fm_index *ix,
 /* The short-key path of build_btree; *done_out false when a key is longer
  * than 8 bytes and the general path must run instead. */
 static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
-                                   struct fm_buf *ents, bool *done_out)
+                                   struct fm_buf *ents, struct fm_buf *eb,
+                                   bool *done_out)
 {
     struct fm_row row;
-    struct fm_buf *eb = &t->engine->key;
     uint8_t key[8];
     size_t n = (size_t)t->n_rows;
     size_t bytes;
@@ -800,11 +802,12 @@ static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
 /* Builds one B+tree from every row of its table: keys encoded once, sorted
  * once, appended in order. */
 static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
-                             struct fm_buf *keys, struct fm_buf *ents)
+                             struct fm_buf *keys, struct fm_buf *ents,
+                             struct fm_buf *key)
 {
     struct fm_row row;
     bool done;
-    fm_status st = build_btree_short(t, ix, ents, &done);
+    fm_status st = build_btree_short(t, ix, ents, key, &done);
     if (st != FM_OK || done)
         return st;
     keys->len = 0;
@@ -837,8 +840,8 @@ static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
     return FM_OK;
 }
 
-static fm_status build_hash(struct fm_engine *e, struct fm_table *t,
-                            struct fm_index *ix)
+static fm_status build_hash(struct fm_table *t, struct fm_index *ix,
+                            struct fm_buf *key)
 {
     struct fm_row row;
     if (fm_hash_reserve(ix->h, (size_t)t->n_rows) != FM_OK)
@@ -848,31 +851,97 @@ static fm_status build_hash(struct fm_engine *e, struct fm_table *t,
         if (rec == NULL)
             continue;
         fm_table_decode(t, id, rec, &row);
-        e->key.len = 0;
-        if (fm_index_key(ix, &row, &e->key) != FM_OK)
+        key->len = 0;
+        if (fm_index_key(ix, &row, key) != FM_OK)
             return FM_ERR_NOMEM;
-        fm_status st = fm_hash_insert(ix->h, e->key.data, e->key.len, id);
+        fm_status st = fm_hash_insert(ix->h, key->data, key->len, id);
         if (st != FM_OK)
             return st == FM_ERR_NOMEM ? st : FM_ERR_CORRUPT;
     }
     return FM_OK;
 }
 
-static fm_status build_indexes(struct fm_engine *e)
+/*
+ * Index builds after a snapshot load run on two threads: every index is a
+ * job, the largest tables' first, taken in turn by this thread and one
+ * helper. A build reads rows (never written during recovery) and writes
+ * only its own index, with scratch buffers of its own, so builds need no
+ * locking beyond taking the next job. Two because the target machine has
+ * two cores; if the thread cannot be started, this thread does it all.
+ */
+struct build_job {
+    struct fm_table *table;
+    struct fm_index *index;
+};
+
+struct build_queue {
+    struct build_job jobs[FM_MAX_TABLES * FM_MAX_INDEXES];
+    size_t n_jobs;
+    size_t next;  /* next job to take, under mu */
+    fm_status st; /* the first failure, under mu */
+    pthread_mutex_t mu;
+};
+
+static void *build_worker(void *arg)
 {
+    struct build_queue *q = arg;
     struct fm_buf keys = {0};
     struct fm_buf ents = {0};
-    fm_status st = FM_OK;
-    for (size_t i = 0; i < e->schema.n_tables && st == FM_OK; i++) {
-        struct fm_table *t = &e->tables[i];
-        for (size_t k = 0; k < t->n_indexes && st == FM_OK; k++) {
-            struct fm_index *ix = &t->indexes[k];
-            st = ix->bt != NULL ? build_btree(t, ix, &keys, &ents)
-                                : build_hash(e, t, ix);
+    struct fm_buf key = {0};
+    for (;;) {
+        pthread_mutex_lock(&q->mu);
+        bool stop = q->next == q->n_jobs || q->st != FM_OK;
+        struct build_job job = stop ? (struct build_job){0} : q->jobs[q->next];
+        if (!stop)
+            q->next++;
+        pthread_mutex_unlock(&q->mu);
+        if (stop)
+            break;
+        fm_status st =
+            job.index->bt != NULL
+                ? build_btree(job.table, job.index, &keys, &ents, &key)
+                : build_hash(job.table, job.index, &key);
+        if (st != FM_OK) {
+            pthread_mutex_lock(&q->mu);
+            if (q->st == FM_OK)
+                q->st = st;
+            pthread_mutex_unlock(&q->mu);
         }
     }
     fm_buf_fini(&keys);
     fm_buf_fini(&ents);
+    fm_buf_fini(&key);
+    return NULL;
+}
+
+static int job_cmp(const void *a, const void *b)
+{
+    const struct build_job *x = a;
+    const struct build_job *y = b;
+    return (x->table->n_rows < y->table->n_rows) -
+           (x->table->n_rows > y->table->n_rows);
+}
+
+static fm_status build_indexes(struct fm_engine *e)
+{
+    struct build_queue *q = fm_calloc(1, sizeof(*q));
+    if (q == NULL)
+        return FM_ERR_NOMEM;
+    for (size_t i = 0; i < e->schema.n_tables; i++) {
+        struct fm_table *t = &e->tables[i];
+        for (size_t k = 0; k < t->n_indexes; k++)
+            q->jobs[q->n_jobs++] = (struct build_job){t, &t->indexes[k]};
+    }
+    qsort(q->jobs, q->n_jobs, sizeof(q->jobs[0]), job_cmp);
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_t helper;
+    bool helped = pthread_create(&helper, NULL, build_worker, q) == 0;
+    build_worker(q);
+    if (helped)
+        pthread_join(helper, NULL);
+    pthread_mutex_destroy(&q->mu);
+    fm_status st = q->st;
+    fm_free(q);
     return st;
 }
 
@@ -931,7 +1000,7 @@ static bool read_rows_chunk(struct fm_engine *e, const uint8_t *p, size_t len,
             return false;
         prev = id;
         uint64_t keep_next = t->next_id;
-        if ((*st = place_row(e, t, id, rec, rec_len, false)) != FM_OK)
+        if ((*st = place_row(t, id, rec, rec_len, false)) != FM_OK)
             return false;
         t->next_id = keep_next;
     }

@@ -218,13 +218,18 @@ bool fm_table_record_is_valid(const struct fm_table *t, const uint8_t *rec,
     return p == end;
 }
 
+uint8_t *fm_table_copy_record(struct fm_table *t, const uint8_t *rec,
+                              size_t len)
+{
+    uint8_t *p = slab_alloc(&t->slab, len);
+    if (p != NULL)
+        memcpy(p, rec, len);
+    return p;
+}
+
 uint8_t *fm_table_alloc_record(struct fm_table *t)
 {
-    struct fm_buf *b = &t->engine->rec;
-    uint8_t *p = slab_alloc(&t->slab, b->len);
-    if (p != NULL)
-        memcpy(p, b->data, b->len);
-    return p;
+    return fm_table_copy_record(t, t->engine->rec.data, t->engine->rec.len);
 }
 
 void fm_table_free_record(struct fm_table *t, uint8_t *rec)
@@ -449,6 +454,19 @@ fm_status fm_table_index_add(struct fm_table *t, const struct fm_row *row,
     return st;
 }
 
+fm_status fm_table_reserve_keys(struct fm_table *t, const struct fm_row *row)
+{
+    size_t longest = 0;
+    for (size_t i = 0; i < t->n_indexes; i++) {
+        size_t n = key_write(&t->indexes[i], row, NULL, 0);
+        if (n > longest)
+            longest = n;
+    }
+    struct fm_buf *kb = &t->engine->key;
+    kb->len = 0;
+    return fm_buf_reserve(kb, longest);
+}
+
 void fm_table_index_remove(struct fm_table *t, const struct fm_row *row,
                            uint32_t mask)
 {
@@ -457,8 +475,8 @@ void fm_table_index_remove(struct fm_table *t, const struct fm_row *row,
         if (!(mask & (1u << i)))
             continue;
         kb->len = 0;
-        /* The buffer held this row's keys when they were added, so it has
-         * the room and this cannot fail. */
+        /* Callers reserve the room first (fm_table_reserve_keys), or the
+         * keys were added through this buffer, so this cannot fail. */
         fm_status st = fm_index_key(&t->indexes[i], row, kb);
         FM_ASSERT(st == FM_OK);
         index_remove(&t->indexes[i], kb->data, kb->len, row->id);

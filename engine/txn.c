@@ -396,6 +396,10 @@ fm_status fm_txn_update(struct fm_engine *e, struct fm_table *t,
     struct fm_row new_row;
     fm_table_decode(t, id, old, &old_row);
     fm_table_decode(t, id, rec, &new_row);
+    if (fm_table_reserve_keys(t, &old_row) != FM_OK) {
+        fm_table_free_record(t, rec);
+        return nomem(e);
+    }
     /* Old entries go while the old record is in its slot (table.c). */
     fm_table_index_remove(t, &old_row, mask);
     st = fm_table_set_record(t, id, rec);
@@ -527,10 +531,10 @@ static fm_status delete_row(struct fm_engine *e, struct fm_table *t,
     rec = fm_table_record(t, id);
     if (rec == NULL)
         return FM_OK;
-    if ((st = undo_reserve(e, 1)) != FM_OK)
-        return nomem(e);
     struct fm_row row;
     fm_table_decode(t, id, rec, &row);
+    if (undo_reserve(e, 1) != FM_OK || fm_table_reserve_keys(t, &row) != FM_OK)
+        return nomem(e);
     fm_table_index_remove(t, &row, UINT32_MAX);
     st = fm_table_set_record(t, id, NULL);
     FM_ASSERT(st == FM_OK);
