@@ -48,6 +48,9 @@
  * snapshot commits, snapshots beyond snapshot.keep are deleted and WAL
  * segments older than the oldest kept snapshot go with them.
  */
+/* MAP_ANONYMOUS and MAP_POPULATE (for the scratch arrays of bulk index
+ * builds) are not in POSIX 2008. */
+#define _DEFAULT_SOURCE
 #include "engine/engine_int.h"
 
 #include <errno.h>
@@ -56,6 +59,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -761,21 +765,53 @@ static fm_status append_short_keys(struct fm_index *ix,
 
 /* The short-key path of build_btree; *done_out false when a key is longer
  * than 8 bytes and the general path must run instead. */
+static fm_status build_short_keys(struct fm_table *t, struct fm_index *ix,
+                                  struct short_key *v, size_t n,
+                                  struct fm_buf *eb, bool *done_out);
+
+#define SCRATCH_MAP_BYTES ((size_t)16 << 20)
+
 static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
                                    struct fm_buf *ents, struct fm_buf *eb,
                                    bool *done_out)
 {
-    struct fm_row row;
-    uint8_t key[8];
     size_t n = (size_t)t->n_rows;
     size_t bytes;
     *done_out = false;
     if (fm_mul_overflows(n, 2 * sizeof(struct short_key), &bytes))
         return FM_ERR_NOMEM;
+    /*
+     * A big array is mapped with MAP_POPULATE: the kernel fills in all its
+     * pages in one call, where first touches would fault them one 4 KiB
+     * page at a time (12-17 us each on the virtual machines measured, a
+     * quarter of a 10M-row recovery). Small ones reuse the worker's buffer.
+     */
+    void *mapped = NULL;
+    if (bytes >= SCRATCH_MAP_BYTES) {
+        mapped = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (mapped == MAP_FAILED)
+            mapped = NULL;
+    }
     ents->len = 0;
-    if (fm_buf_reserve(ents, bytes) != FM_OK)
+    if (mapped == NULL && fm_buf_reserve(ents, bytes) != FM_OK)
         return FM_ERR_NOMEM;
-    struct short_key *v = (struct short_key *)(void *)ents->data;
+    struct short_key *v =
+        mapped != NULL ? mapped : (struct short_key *)(void *)ents->data;
+    fm_status st = build_short_keys(t, ix, v, n, eb, done_out);
+    if (mapped != NULL)
+        munmap(mapped, bytes);
+    return st;
+}
+
+/* Fills v (room for 2n entries) with the short keys of every row and
+ * appends them sorted; *done_out false when a key is too long. */
+static fm_status build_short_keys(struct fm_table *t, struct fm_index *ix,
+                                  struct short_key *v, size_t n,
+                                  struct fm_buf *eb, bool *done_out)
+{
+    struct fm_row row;
+    uint8_t key[8];
     size_t k = 0;
     for (uint64_t id = 1; id < t->next_id; id++) {
         const uint8_t *rec = fm_table_record(t, id);
