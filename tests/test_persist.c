@@ -187,17 +187,32 @@ static void check(struct fm_engine *e)
     cr_assert_eq(fm_engine_check(e, &err), FM_OK, "%s", err.msg);
 }
 
+/* Opens the directory with o, checks every invariant and that it dumps as
+ * want (which it frees); returns the engine. */
+static struct fm_engine *open_expecting(const struct fm_engine_options *o,
+                                        char *want)
+{
+    struct fm_engine *e = open_db_with(o);
+    check(e);
+    char *got = dump(e);
+    cr_assert_str_eq(want, got);
+    free(want);
+    free(got);
+    return e;
+}
+
+static struct fm_engine *reopen_expecting(char *want)
+{
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    return open_expecting(&o, want);
+}
+
 static void reopen_and_compare(struct fm_engine **e)
 {
     check(*e);
     char *before = dump(*e);
     fm_engine_free(*e);
-    *e = open_db();
-    check(*e);
-    char *after = dump(*e);
-    cr_assert_str_eq(before, after);
-    free(before);
-    free(after);
+    *e = reopen_expecting(before);
 }
 
 Test(persist, flushed_writes_survive_a_restart_through_the_wal)
@@ -225,11 +240,7 @@ Test(persist, unflushed_writes_are_lost_and_nothing_else)
     char *durable = dump(e);
     ok(e, "INSERT artists name never_flushed");
     fm_engine_free(e);
-    e = open_db();
-    char *after = dump(e);
-    cr_assert_str_eq(durable, after);
-    free(durable);
-    free(after);
+    e = reopen_expecting(durable);
     fm_engine_free(e);
 }
 
@@ -334,14 +345,10 @@ Test(persist, a_bad_snapshot_falls_back_to_the_previous_one)
     char path[512];
     newest(".snap", path, sizeof(path));
     flip_byte(path, 100);
-    e = open_db();
-    char *after = dump(e);
-    cr_assert_str_eq(before, after);
+    e = reopen_expecting(before);
     struct fm_persist_stats ps;
     fm_engine_persist_stats(e, &ps);
     cr_assert_gt(ps.recovered_records, 10, "the longer WAL was replayed");
-    free(before);
-    free(after);
     fm_engine_free(e);
 }
 
@@ -384,11 +391,7 @@ Test(persist, a_torn_last_record_is_cut_and_the_rest_recovered)
     struct stat sb;
     cr_assert_eq(stat(path, &sb), 0);
     cr_assert_eq(truncate(path, sb.st_size - 3), 0);
-    e = open_db();
-    char *after = dump(e);
-    cr_assert_str_eq(durable, after);
-    free(durable);
-    free(after);
+    e = reopen_expecting(durable);
     fm_engine_free(e);
 }
 
@@ -493,12 +496,8 @@ Test(persist, a_failed_fsync_rolls_back_the_group_and_refuses_writes)
     fm_engine_persist_stats(e, &ps);
     cr_assert(ps.readonly);
     fm_engine_free(e);
-    e = open_db();
-    char *after = dump(e);
-    cr_assert_str_eq(durable, after, "a restart recovers what was durable");
-    free(durable);
+    e = reopen_expecting(durable);
     free(now);
-    free(after);
     fm_engine_free(e);
 }
 
@@ -529,14 +528,10 @@ Test(persist, shutdown_saves_and_the_next_start_reads_only_the_snapshot)
     char *before = dump(e);
     cr_assert_eq(fm_engine_shutdown(e, false, &err), FM_OK, "%s", err.msg);
     fm_engine_free(e);
-    e = open_db();
-    char *after = dump(e);
-    cr_assert_str_eq(before, after);
+    e = reopen_expecting(before);
     struct fm_persist_stats ps;
     fm_engine_persist_stats(e, &ps);
     cr_assert_eq(ps.recovered_records, 0);
-    free(before);
-    free(after);
     fm_engine_free(e);
 }
 
@@ -645,14 +640,10 @@ Test(persist, bulk_index_builds_handle_short_and_long_keys)
     cr_assert_eq(fm_engine_save(e, &err), FM_OK, "%s", err.msg);
     char *before = dump(e);
     fm_engine_free(e);
-    e = open_db_with(&o);
-    check(e); /* every index holds every row, in order (fm_btree_check) */
-    char *after = dump(e);
-    cr_assert_str_eq(before, after);
+    /* Every index holds every row, in order (fm_btree_check). */
+    e = open_expecting(&o, before);
     struct fm_persist_stats ps;
     fm_engine_persist_stats(e, &ps);
     cr_assert_eq(ps.recovered_rows, 3000, "all rows came from the snapshot");
-    free(before);
-    free(after);
     fm_engine_free(e);
 }
