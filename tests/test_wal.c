@@ -18,39 +18,22 @@
 #include <unistd.h>
 
 #include "engine/base.h"
+#include "tests/tmpdir.h"
 #include "wal/wal.h"
 
 static char dir[64];
 static const char schema_a[] = "table users (id integer, name string)";
 static const char schema_b[] = "table users (id integer, email string)";
 
-static void remove_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d == NULL)
-        return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(path);
-}
-
 static void setup(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/fm_test_wal_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    fm_test_make_dir(dir, sizeof(dir), "fm_test_wal_");
 }
 
 static void teardown(void)
 {
     fm_set_alloc_fail_hook(NULL, NULL);
-    remove_dir(dir);
+    fm_test_remove_dir(dir);
 }
 
 TestSuite(wal, .init = setup, .fini = teardown);
