@@ -428,6 +428,197 @@ Test(wal, torn_tail_is_truncated)
     free(orig);
 }
 
+/* ---- Preallocation under fsync always ----------------------------------- */
+
+/* True when p[0..n) is all zeros. */
+static bool zeros_only(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != 0)
+            return false;
+    return true;
+}
+
+Test(wal, always_keeps_zeros_ahead_and_reopens_cleanly)
+{
+    struct fm_wal_options o = base_opts();
+    o.segment_size = 4 << 20;
+    o.fsync = FM_WAL_FSYNC_ALWAYS;
+    struct fm_wal *wal = open_ok(&o);
+    append_range(wal, 1, 200, 7);
+    struct fm_wal_stats stats;
+    fm_wal_get_stats(wal, &stats);
+    fm_wal_close(wal);
+    char path[512];
+    seg_path(path, sizeof(path), 1);
+    size_t len;
+    uint8_t *img = read_whole(path, &len);
+    /* The records, then at least half a step of zeros. */
+    cr_assert_lt(stats.active_bytes, len);
+    cr_assert_geq(len - stats.active_bytes, FM_WAL_PREALLOC_STEP / 2);
+    cr_assert(zeros_only(img + stats.active_bytes, len - stats.active_bytes));
+    free(img);
+
+    /* The zeros are the clean end: nothing torn, nothing logged, and
+     * appends go after the last record, not after the zeros. */
+    struct log_capture logs = {0};
+    o.log_fn = capture_log;
+    o.log_ctx = &logs;
+    wal = open_ok(&o);
+    struct fm_wal_recovery rec;
+    fm_wal_get_recovery(wal, &rec);
+    cr_assert_eq(rec.torn_bytes, 0);
+    cr_assert_eq(rec.last_lsn, 200);
+    cr_assert_eq(logs.n_warnings, 0, "%s", logs.last);
+    append_range(wal, 201, 260, 5);
+    fm_wal_close(wal);
+    cr_assert_eq(file_size(path), len, "the zeros were reused, not extended");
+    wal = open_ok(&o);
+    expect_records(wal, 0, 1, 260);
+    fm_wal_close(wal);
+}
+
+Test(wal, no_prealloc_and_other_policies_end_files_at_the_last_record)
+{
+    enum fm_wal_fsync policies[] = {FM_WAL_FSYNC_ALWAYS, FM_WAL_FSYNC_EVERYSEC,
+                                    FM_WAL_FSYNC_NO};
+    for (size_t i = 0; i < 3; i++) {
+        struct fm_wal_options o = base_opts();
+        o.segment_size = 1 << 20;
+        o.fsync = policies[i];
+        o.no_prealloc = policies[i] == FM_WAL_FSYNC_ALWAYS;
+        char sub[600];
+        snprintf(sub, sizeof(sub), "%s/p%zu", dir, i);
+        o.dir = sub;
+        struct fm_wal *wal = open_ok(&o);
+        append_range(wal, 1, 50, 3);
+        struct fm_wal_stats stats;
+        fm_wal_get_stats(wal, &stats);
+        fm_wal_close(wal);
+        char path[700];
+        snprintf(path, sizeof(path), "%s/%016" PRIx64 ".wal", sub, (uint64_t)1);
+        cr_assert_eq(file_size(path), stats.active_bytes, "policy %zu", i);
+    }
+}
+
+Test(wal, rotation_cuts_the_zeros_off_the_finished_segment)
+{
+    struct fm_wal_options o = base_opts();
+    o.segment_size = 64 << 10;
+    o.fsync = FM_WAL_FSYNC_ALWAYS;
+    struct fm_wal *wal = open_ok(&o);
+    append_range(wal, 1, 2000, 10);
+    fm_wal_close(wal);
+    struct seg_list l;
+    list_segments(&l);
+    cr_assert_gt(l.n, 2);
+    for (size_t i = 0; i + 1 < l.n; i++) {
+        char path[512];
+        seg_path(path, sizeof(path), l.lsns[i]);
+        size_t len;
+        uint8_t *img = read_whole(path, &len);
+        /* Capped at segment_size plus one group, and no zeros at the end:
+         * the last record's checksum ends the file. */
+        cr_assert_leq(len, o.segment_size + 10 * 200);
+        cr_assert_neq(img[len - 1] | img[len - 2] | img[len - 3], 0);
+        free(img);
+    }
+    wal = open_ok(&o);
+    expect_records(wal, 0, 1, 2000);
+    fm_wal_close(wal);
+}
+
+/* A torn group in front of the preallocated zeros is cut like any torn
+ * tail: every byte position of the last records, zeros after it. */
+Test(wal, torn_tail_before_zeros_is_truncated)
+{
+    struct fm_wal_options o = base_opts();
+    o.segment_size = 1 << 20;
+    o.fsync = FM_WAL_FSYNC_ALWAYS;
+    struct fm_wal *wal = open_ok(&o);
+    append_range(wal, 1, 17, 4);
+    struct fm_wal_stats stats;
+    fm_wal_get_stats(wal, &stats);
+    uint64_t ends[3];
+    ends[0] = stats.active_bytes;
+    for (int i = 1; i <= 2; i++) {
+        append_range(wal, 17 + (uint64_t)i, 17 + (uint64_t)i, 1);
+        fm_wal_get_stats(wal, &stats);
+        ends[i] = stats.active_bytes;
+    }
+    fm_wal_close(wal);
+    char path[512];
+    seg_path(path, sizeof(path), 1);
+    size_t len;
+    uint8_t *orig = read_whole(path, &len);
+    cr_assert_gt(len, ends[2]);
+    uint8_t *img = malloc(len);
+    for (uint64_t cut = ends[0]; cut < ends[2]; cut++) {
+        /* Bytes [cut, len) never reached the disk: zeros. */
+        memcpy(img, orig, (size_t)cut);
+        memset(img + cut, 0, len - (size_t)cut);
+        write_whole(path, img, len);
+        int k = cut >= ends[1] ? 1 : 0;
+        struct log_capture logs = {0};
+        o.log_fn = capture_log;
+        o.log_ctx = &logs;
+        wal = open_ok(&o);
+        struct fm_wal_recovery rec;
+        fm_wal_get_recovery(wal, &rec);
+        uint64_t last = 17 + (uint64_t)k;
+        cr_assert_eq(rec.last_lsn, last, "cut at %" PRIu64, cut);
+        if (cut == ends[k]) {
+            cr_assert_eq(rec.torn_bytes, 0);
+            cr_assert_eq(logs.n_warnings, 0, "%s", logs.last);
+        } else {
+            cr_assert_eq(rec.torn_bytes, len - ends[k]);
+            cr_assert(strstr(logs.last, "torn") != NULL, "%s", logs.last);
+        }
+        expect_records(wal, 0, 1, last);
+        append_range(wal, last + 1, last + 1, 1);
+        fm_wal_close(wal);
+        wal = open_ok(&o);
+        expect_records(wal, 0, 1, last + 1);
+        fm_wal_close(wal);
+    }
+    free(img);
+    free(orig);
+}
+
+/* A stray nonzero byte inside the zeros is damage after the last record:
+ * never read as a record, cut as a torn tail. */
+Test(wal, garbage_inside_the_zeros_is_cut)
+{
+    struct fm_wal_options o = base_opts();
+    o.segment_size = 1 << 20;
+    o.fsync = FM_WAL_FSYNC_ALWAYS;
+    struct fm_wal *wal = open_ok(&o);
+    append_range(wal, 1, 30, 3);
+    struct fm_wal_stats stats;
+    fm_wal_get_stats(wal, &stats);
+    fm_wal_close(wal);
+    char path[512];
+    seg_path(path, sizeof(path), 1);
+    size_t len;
+    uint8_t *img = read_whole(path, &len);
+    size_t at = (size_t)stats.active_bytes + 5000;
+    cr_assert_lt(at, len);
+    img[at] = 0x5a;
+    write_whole(path, img, len);
+    free(img);
+    struct log_capture logs = {0};
+    o.log_fn = capture_log;
+    o.log_ctx = &logs;
+    wal = open_ok(&o);
+    struct fm_wal_recovery rec;
+    fm_wal_get_recovery(wal, &rec);
+    cr_assert_eq(rec.last_lsn, 30);
+    cr_assert_eq(rec.torn_bytes, len - stats.active_bytes);
+    cr_assert(strstr(logs.last, "5001 of them data") != NULL, "%s", logs.last);
+    expect_records(wal, 0, 1, 30);
+    fm_wal_close(wal);
+}
+
 Test(wal, bad_record_followed_by_good_ones_is_corrupt)
 {
     struct fm_wal_options o = base_opts();

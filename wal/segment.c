@@ -4,8 +4,12 @@
  * A log is a sequence of segment files in one directory. A segment is named
  * by the LSN of its first record as 16 lowercase hex digits plus ".wal"
  * (0000000000000001.wal), so that names sort in log order. It is a header
- * followed by records, back to back, with no padding and no trailer; the
- * file ends where the last record ends.
+ * followed by records, back to back, with no padding and no trailer. The
+ * file ends where the last record ends, except that under fsync always the
+ * active segment is kept zero-filled ahead of its last record (see wal.c,
+ * "Preallocation"): zeros where a record header should be, up to the end
+ * of the file, are the clean end of the records, not damage. No record
+ * can start with a zero byte (the magic's first byte is 'F').
  *
  * Segment header (n = schema length, all integers little-endian):
  *
@@ -49,13 +53,14 @@
  * record with the wrong LSN is corruption (a write cannot tear into a valid
  * checksum); force_recovery accepts a forward jump and drops a backward one.
  *
+ * A torn tail followed by preallocated zeros is cut with them; the cursor
+ * also reports the length up to its last nonzero byte for the log line.
+ *
  * A bit flip inside the last record looks exactly like a torn write and is
  * cut as one: the log can only promise that a damaged record is never
  * loaded, not that it can always tell damage from a crash.
  *
- * Not done here: no preallocation (the file grows with each write; a
- * zero-filled tail would simply be a torn tail), no compression, no
- * knowledge of what a payload means.
+ * Not done here: no compression, no knowledge of what a payload means.
  */
 #include "wal/wal_int.h"
 
@@ -192,6 +197,20 @@ static bool resync(const struct fm_wal_cursor *c, size_t from, size_t *at_out,
     return false;
 }
 
+/* True when p[0..n) is all zeros: the preallocated tail. */
+static bool all_zero(const uint8_t *p, size_t n)
+{
+    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+/* Length of p[0..n) up to and including its last nonzero byte. */
+static size_t nonzero_len(const uint8_t *p, size_t n)
+{
+    while (n > 0 && p[n - 1] == 0)
+        n--;
+    return n;
+}
+
 static void note_bad(struct fm_wal_cursor *c)
 {
     if (c->first_bad < 0)
@@ -227,6 +246,7 @@ static fm_status bad_bytes(struct fm_wal_cursor *c, bool *end_out,
     if (!resync(c, c->pos + 1, &next, &next_lsn)) {
         if (c->is_last) {
             c->torn = true;
+            c->torn_len = nonzero_len(c->data + c->pos, c->len - c->pos);
             c->valid_end = c->pos;
             *end_out = true;
             return FM_OK;
@@ -267,6 +287,8 @@ fm_status fm_wal_cursor_next(struct fm_wal_cursor *c,
         size_t n;
         fm_status st;
         if (!record_is_good(c->data + c->pos, c->len - c->pos, &lsn, &n)) {
+            if (all_zero(c->data + c->pos, c->len - c->pos))
+                break;
             st = bad_bytes(c, end_out, err);
             if (st != FM_OK || *end_out)
                 return st;
@@ -286,7 +308,7 @@ fm_status fm_wal_cursor_next(struct fm_wal_cursor *c,
         c->n_records++;
         return FM_OK;
     }
-    c->valid_end = c->len;
+    c->valid_end = c->pos;
     *end_out = true;
     return FM_OK;
 }

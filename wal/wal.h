@@ -32,6 +32,8 @@ struct fm_wal_iter;
 
 /* Default size at which the active segment is closed and a new one begun. */
 #define FM_WAL_SEGMENT_SIZE_DEFAULT ((uint64_t)64 << 20)
+/* Zeros kept written ahead of the last record under fsync always. */
+#define FM_WAL_PREALLOC_STEP ((uint64_t)1 << 20)
 
 /* Largest payload one record may carry (the length field is 32 bits). */
 #define FM_WAL_PAYLOAD_MAX ((size_t)1 << 30)
@@ -95,6 +97,7 @@ struct fm_wal_options {
      */
     uint64_t start_lsn;
     bool force_recovery; /* skip and count bad records (SPEC 4) */
+    bool no_prealloc;    /* no zero-filled tail under always (wal.c) */
     fm_log_fn log_fn;    /* optional: recovery notes, failures */
     void *log_ctx;
     const struct fm_wal_io *io; /* NULL means fm_wal_io_default() */

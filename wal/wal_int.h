@@ -168,12 +168,15 @@ struct fm_wal_cursor {
     uint64_t n_lsns_missing; /* LSNs jumped over after a skip */
     int64_t first_bad;       /* offset of the first bad byte; -1 if none */
     bool torn;               /* the segment ends in a torn record */
+    size_t torn_len;         /* its bytes up to the last nonzero one */
     size_t valid_end;        /* end of the last good record (or header) */
 };
 
 /*
  * Yields the next good record (payload borrowed from data) or sets *end_out.
- * At the end, c->torn tells whether [valid_end, len) is a torn tail.
+ * At the end, c->torn tells whether [valid_end, len) is a torn tail; zeros
+ * after the last record are the preallocated tail and end the records
+ * without being torn.
  * FM_ERR_CORRUPT names file and offset.
  */
 fm_status fm_wal_cursor_next(struct fm_wal_cursor *c,
