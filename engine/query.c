@@ -1122,7 +1122,7 @@ static fm_status exec_insert(struct fm_engine *e, struct fm_table *t,
 {
     struct fm_row row;
     uint64_t given = 0;
-    row_defaults(t, &row, fm_now_us());
+    row_defaults(t, &row, fm_engine_now(e));
     fm_status st =
         parse_assignments(e, t, argv, len, 2, argc, true, &row, &given);
     if (st != FM_OK)
@@ -1151,6 +1151,14 @@ static fm_status exec_get(struct fm_engine *e, struct fm_table *t,
     fm_table_decode(t, (uint64_t)id, rec, &row);
     reply_row(e, reply, t, &row);
     return FM_OK;
+}
+
+/* Copies the columns of t from src to dst (not the unused tail of v). */
+static void copy_row(const struct fm_table *t, struct fm_row *dst,
+                     const struct fm_row *src)
+{
+    dst->id = src->id;
+    memcpy(dst->v, src->v, t->def->n_cols * sizeof(src->v[0]));
 }
 
 /* Loads row id of t into row; false when there is none. */
@@ -1186,7 +1194,7 @@ static fm_status update_row(struct fm_engine *e, struct fm_table *t,
 {
     size_t ua = fm_col_updated_at(t->def);
     if (!(given & ((uint64_t)1 << ua)))
-        row->v[ua] = (struct fm_value){false, fm_now_us(), NULL, 0};
+        row->v[ua] = (struct fm_value){false, fm_engine_now(e), NULL, 0};
     uint64_t changed = changed_columns(t, old, row);
     if (changed == 0)
         return FM_OK;
@@ -1217,7 +1225,8 @@ static fm_status exec_update(struct fm_engine *e, struct fm_table *t,
         fm_reply_int(reply, 0);
         return FM_OK;
     }
-    struct fm_row next = old;
+    struct fm_row next;
+    copy_row(t, &next, &old);
     for (size_t c = 1; c < t->def->n_cols; c++) {
         if (given & ((uint64_t)1 << c))
             next.v[c] = row.v[c];
@@ -1292,7 +1301,8 @@ static fm_status exec_incr(struct fm_engine *e, struct fm_table *t, size_t argc,
         fm_reply_nil(reply);
         return FM_OK;
     }
-    struct fm_row row = old;
+    struct fm_row row;
+    copy_row(t, &row, &old);
     if ((st = add_delta(e, t, col, &row.v[col], delta)) != FM_OK ||
         (st = update_row(e, t, &old, &row, 0)) != FM_OK)
         return st;
@@ -1331,7 +1341,7 @@ static fm_status exec_upsert(struct fm_engine *e, struct fm_table *t,
     struct fm_row row;
     uint64_t keys = 0;
     fm_status st;
-    row_defaults(t, &row, fm_now_us());
+    row_defaults(t, &row, fm_engine_now(e));
     if ((st = parse_assignments(e, t, argv, len, i, key_end, true, &row,
                                 &keys)) != FM_OK)
         return st;
@@ -1420,7 +1430,8 @@ static fm_status exec_upsert(struct fm_engine *e, struct fm_table *t,
     struct fm_row old;
     bool ok = load_row(t, (int64_t)found_id, &old);
     FM_ASSERT(ok);
-    struct fm_row next = old;
+    struct fm_row next;
+    copy_row(t, &next, &old);
     for (size_t c = 1; c < t->def->n_cols; c++) {
         uint64_t bit = (uint64_t)1 << c;
         if (set & bit)
@@ -1632,6 +1643,7 @@ fm_status fm_query_exec(struct fm_engine *e, size_t argc,
                         struct fm_reply *reply)
 {
     fm_error_clear(&e->err);
+    e->now_us = 0;
     if (argc == 0)
         return fm_error_set(&e->err, FM_ERR_SYNTAX, "empty command");
     return dispatch(e, argc, argv, argv_len, reply);

@@ -473,7 +473,7 @@ static fm_status set_null(struct fm_engine *e, struct fm_table *child,
     if (row.v[col].is_null)
         return FM_OK;
     row.v[col].is_null = true;
-    row.v[fm_col_updated_at(child->def)].i = fm_now_us();
+    row.v[fm_col_updated_at(child->def)].i = fm_engine_now(e);
     uint64_t mask = (uint64_t)1 << col;
     mask |= (uint64_t)1 << fm_col_updated_at(child->def);
     return fm_txn_update(e, child, &row, mask);
