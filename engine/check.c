@@ -155,6 +155,7 @@ static void segment_report(void *ctx, const struct fm_wal_segment_report *r)
     it.size_bytes = r->size_bytes;
     it.bad_offset = r->first_bad_offset;
     it.torn_bytes = r->torn_bytes;
+    it.zero_bytes = r->zero_bytes;
     it.st = r->st;
     it.msg = r->msg;
     if (r->st != FM_OK && dc->first_bad == FM_OK)

@@ -311,6 +311,7 @@ struct fm_check_item {
     uint64_t raw_bytes;  /* snapshot: uncompressed */
     int64_t bad_offset;  /* first damaged byte, or -1 */
     uint64_t torn_bytes; /* segment: a torn tail (cut by --fix) */
+    uint64_t zero_bytes; /* segment: preallocated zeros after the records */
     fm_status st;        /* FM_OK or what is wrong */
     const char *msg;     /* "" when st is FM_OK */
     size_t n_tables;     /* snapshot: per-table row counts follow */

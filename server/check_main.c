@@ -42,6 +42,10 @@ static void print_item(void *ctx, const struct fm_check_item *it)
         if (it->torn_bytes > 0)
             printf("  torn tail of %" PRIu64 " bytes (--fix cuts it)\n",
                    it->torn_bytes);
+        if (it->zero_bytes > 0)
+            printf("  %" PRIu64 " bytes of records, then %" PRIu64
+                   " bytes preallocated (zeros, fsync always)\n",
+                   it->size_bytes - it->zero_bytes, it->zero_bytes);
     }
     if (it->st != FM_OK)
         printf("  %s: %s (first bad byte at offset %" PRId64 ")\n",

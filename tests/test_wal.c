@@ -1254,3 +1254,32 @@ Test(wal, allocation_failure_at_each_step_is_reported_cleanly)
         cr_assert_lt(n, 1000);
     }
 }
+
+Test(wal, check_dir_tells_preallocated_zeros_from_a_torn_tail)
+{
+    struct fm_wal_options o = base_opts();
+    o.segment_size = 1 << 20;
+    o.fsync = FM_WAL_FSYNC_ALWAYS;
+    struct fm_wal *wal = open_ok(&o);
+    append_range(wal, 1, 40, 4);
+    struct fm_wal_stats stats;
+    fm_wal_get_stats(wal, &stats);
+    fm_wal_close(wal);
+    char path[512];
+    seg_path(path, sizeof(path), 1);
+    uint64_t len = file_size(path);
+    struct reports rs = {0};
+    struct fm_error err = {0};
+    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, collect_report, &rs, &err),
+                 FM_OK, "%s", err.msg);
+    cr_assert_eq(rs.n, 1);
+    cr_assert_eq(rs.r[0].st, FM_OK);
+    cr_assert_eq(rs.r[0].last_lsn, 40);
+    cr_assert_eq(rs.r[0].torn_bytes, 0);
+    cr_assert_eq(rs.r[0].zero_bytes, len - stats.active_bytes);
+    cr_assert_eq(rs.r[0].size_bytes, len);
+    uint64_t torn = 1;
+    cr_assert_eq(fm_wal_fix_dir(dir, &torn, &err), FM_OK, "%s", err.msg);
+    cr_assert_eq(torn, 0);
+    cr_assert_eq(file_size(path), len, "fix leaves the zeros alone");
+}

@@ -1308,6 +1308,8 @@ static fm_status check_segment(const char *name, uint64_t name_lsn,
     r->first_bad_offset = c.first_bad;
     if (c.torn)
         r->torn_bytes = img->len - c.valid_end;
+    else
+        r->zero_bytes = img->len - c.valid_end;
     if (c.n_skipped > 0 && r->st == FM_OK)
         r->st = fm_error_set(&e, FM_ERR_CORRUPT,
                              "%s has %" PRIu64 " bad regions, the first at "

@@ -276,6 +276,7 @@ struct fm_wal_segment_report {
     uint64_t size_bytes;        /* file size */
     int64_t first_bad_offset;   /* first damaged byte; -1 if none */
     uint64_t torn_bytes;        /* a torn tail that fm_wal_fix_dir would cut */
+    uint64_t zero_bytes;        /* preallocated zeros after the records */
     uint64_t n_skipped;         /* bad regions after which records were found */
     fm_status st;               /* FM_OK, FM_ERR_CORRUPT, FM_ERR_SCHEMA, ... */
     char msg[FM_ERROR_MSG_CAP]; /* what is wrong; "" when st is FM_OK */
