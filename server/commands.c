@@ -31,6 +31,12 @@
  * microseconds, failed calls (the reply is an error) and rejected calls
  * (refused before running), as Redis' commandstats.
  *
+ * Group commit (SPEC section 4, docs/durability.md): once a command of the
+ * current loop turn has written, every client that runs a command before
+ * the turn's WAL flush is marked at that command's reply (mark_turn), so
+ * that a failed flush withholds every reply that may have seen a write it
+ * rolled back, reads and other clients' commands included.
+ *
  * AUTH compares passwords in time that depends only on the length of the
  * password the client sent, never on where the first difference is.
  *
@@ -353,10 +359,36 @@ static bool admit_command(struct fm_client *c, const struct fm_command_def *cmd,
     return true;
 }
 
+/*
+ * Group commit bookkeeping after a command ran (or was refused): a write
+ * starts the turn's exposure, and from then until the flush every client
+ * that runs anything is marked at the start of this reply, since what it
+ * read, or a failure it got, may rest on writes that the flush could still
+ * roll back (SPEC section 4, docs/durability.md).
+ */
+static void mark_turn(struct fm_client *c, bool wrote, bool began_multi)
+{
+    struct fm_server *srv = c->srv;
+    if (wrote)
+        srv->turn_wrote = true;
+    if (!srv->turn_wrote)
+        return;
+    if (!c->turn_marked) {
+        c->turn_marked = true;
+        c->turn_mark = c->out.len;
+        c->turn_n_replies = 0;
+        c->turn_began_multi = false;
+    }
+    if (began_multi)
+        c->turn_began_multi = true;
+}
+
 void fm_client_execute(struct fm_client *c, const struct fm_args *a)
 {
     struct fm_server *srv = c->srv;
     struct fm_reply *r = &srv->reply;
+    bool wrote = false;
+    bool began_multi = false;
     fm_reply_reset(r);
     const struct fm_command_def *cmd =
         fm_command_lookup(a->argv[0], a->argv_len[0]);
@@ -393,6 +425,7 @@ void fm_client_execute(struct fm_client *c, const struct fm_args *a)
         queue_command(c, a, r);
         goto out;
     }
+    bool was_multi = (c->flags & FM_CLIENT_MULTI) != 0;
     int64_t t0 = fm_monotonic_us();
     if (engine)
         fm_engine_exec(srv->engine, a->argc, a->argv, a->argv_len, r);
@@ -405,19 +438,17 @@ void fm_client_execute(struct fm_client *c, const struct fm_args *a)
         stat->failed++;
         srv->total_errors++;
     }
-    /* A write that changed rows waits in the WAL buffer until the turn's
-     * flush; remember where its reply starts in case that flush fails. */
-    bool wrote = !failed && (engine || (cmd != NULL && cmd->fn == cmd_exec)) &&
-                 fm_engine_last_exec_wrote(srv->engine);
-    if (wrote && !c->turn_wrote) {
-        c->turn_wrote = true;
-        c->turn_mark = c->out.len;
-        c->turn_n_replies = 0;
-    }
+    wrote = !failed && (engine || (cmd != NULL && cmd->fn == cmd_exec)) &&
+            fm_engine_last_exec_wrote(srv->engine);
+    began_multi = !was_multi && (c->flags & FM_CLIENT_MULTI);
 out:
-    if (c->turn_wrote)
-        c->turn_n_replies++;
+    mark_turn(c, wrote, began_multi);
+    size_t out_len = c->out.len;
     fm_client_append_reply(c, r);
+    /* SHUTDOWN appends nothing, and a client closed for its output limit
+     * has no output left. */
+    if (c->turn_marked && c->out.len > out_len)
+        c->turn_n_replies++;
 }
 
 /* ---- connection commands ---------------------------------------------- */
@@ -999,6 +1030,10 @@ static void cmd_save(struct fm_client *c, const struct fm_args *a,
         fm_reply_int(r, ps.last_save_time_s);
         return;
     }
+    /* Both flush the WAL first: settle the turn's writes and the replies
+     * that depend on them before, so that a failed flush there is not
+     * mistaken for a quiet turn at the end of the loop. */
+    fm_server_commit_turn(c->srv);
     if (arg_is(a, 0, "SAVE")) {
         st = fm_engine_save(e, &err);
         if (st == FM_OK)

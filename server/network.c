@@ -325,6 +325,10 @@ static void fail_request(struct fm_client *c, const struct fm_error *err)
         close_asap(c);
         return;
     }
+    /* A marked client's replies are counted so that a failed group commit
+     * replaces exactly as many (fm_client_end_turn). */
+    if (c->turn_marked)
+        c->turn_n_replies++;
     fm_client_close_after_reply(c);
 }
 
@@ -515,6 +519,7 @@ static bool write_client(struct fm_client *c)
     }
     if (c->out_sent == c->out.len) {
         c->out.len = c->out_sent = c->out_ready = 0;
+        c->turn_mark = 0; /* a mark here was at the end of out */
         if (c->out.cap > OUT_KEEP_BYTES)
             fm_buf_fini(&c->out);
         if (c->flags & FM_CLIENT_CLOSE_AFTER) {
@@ -545,18 +550,30 @@ static void on_writable(struct fm_ae *ae, int fd, void *data, int mask)
     write_client(data);
 }
 
-void fm_client_fail_turn(struct fm_client *c, const char *msg)
+void fm_client_end_turn(struct fm_client *c, const char *fail_msg)
 {
-    if (!c->turn_wrote || (c->flags & FM_CLIENT_CLOSE_ASAP))
+    bool marked = c->turn_marked;
+    bool began_multi = c->turn_began_multi;
+    size_t n_replies = c->turn_n_replies;
+    c->turn_marked = false;
+    c->turn_began_multi = false;
+    c->turn_n_replies = 0;
+    if (!marked || fail_msg == NULL || (c->flags & FM_CLIENT_CLOSE_ASAP))
         return;
     FM_ASSERT(c->turn_mark >= c->out_ready && c->turn_mark <= c->out.len);
     c->out.len = c->turn_mark;
-    for (size_t i = 0; i < c->turn_n_replies; i++) {
-        if (fm_resp_append_error(&c->out, FM_ERR_READONLY, msg) != FM_OK) {
+    for (size_t i = 0; i < n_replies; i++) {
+        if (fm_resp_append_error(&c->out, FM_ERR_READONLY, fail_msg) != FM_OK) {
             close_asap(c);
             return;
         }
     }
+    /* The client was told that its MULTI failed: leave it. Or it was told
+     * that commands failed to queue: EXEC must abort, as in Redis. */
+    if ((c->flags & FM_CLIENT_MULTI) && began_multi)
+        fm_client_discard_multi(c);
+    else if (c->flags & FM_CLIENT_MULTI)
+        c->flags |= FM_CLIENT_DIRTY_EXEC;
 }
 
 void fm_server_flush_clients(struct fm_server *srv)
@@ -568,10 +585,10 @@ void fm_server_flush_clients(struct fm_server *srv)
             fm_client_free(c);
             continue;
         }
-        /* The WAL flush of this turn is done: release the turn's output. */
+        /* The WAL flush of this turn is done (fm_server_commit_turn):
+         * release the turn's output. */
+        FM_ASSERT(!c->turn_marked);
         c->out_ready = c->out.len;
-        c->turn_wrote = false;
-        c->turn_n_replies = 0;
         write_client(c);
     }
 }

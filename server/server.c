@@ -14,7 +14,7 @@
  *   cron timer        every FM_CRON_MS: ops/sec sample, client memory,
  *                     idle timeouts, shrinking idle clients' buffers,
  *                     fm_engine_cron (background snapshots)
- *   before sleep      the group-commit point: flush_wal_before_replies(),
+ *   before sleep      the group-commit point: fm_server_commit_turn(),
  *                     then fm_server_flush_clients() writes the replies of
  *                     this turn, then a scheduled shutdown runs
  *
@@ -23,10 +23,15 @@
  * promises (SPEC sections 2 and 4), and one WAL write (and fdatasync) per
  * turn for all the writes of the turn is what makes durable throughput
  * possible (FACTS.md). So command handlers only append to output buffers;
- * bytes go out after flush_wal_before_replies() (fm_engine_flush) returns.
+ * bytes go out after fm_server_commit_turn() (fm_engine_flush) returns.
  * Writable handlers respect the same rule: they send only out_ready bytes,
- * which advance after the flush. With --dir "" the engine keeps no WAL
- * and the flush is a no-op (for tests and benchmarks only).
+ * which advance after the flush. A failed flush rolls the turn's writes
+ * back, and then no reply may go out that could have seen them: every
+ * reply of a command run after the turn's first write, on any client, is
+ * replaced by -READONLY (fm_server_commit_turn, fm_client_end_turn). The
+ * cron and SAVE/BGSAVE commit the turn before the engine flushes on its
+ * own, so no flush escapes this accounting. With --dir "" the engine keeps
+ * no WAL and the flush is a no-op (for tests and benchmarks only).
  *
  * Shutdown (SHUTDOWN, a signal, fm_server_request_stop) is scheduled, not
  * done on the spot: the turn finishes, pending replies are written, then
@@ -275,7 +280,11 @@ static int64_t cron(struct fm_ae *ae, int64_t id, void *data)
         fm_ae_add_file(srv->ae, srv->listen_fd, FM_AE_READABLE,
                        fm_server_accept, srv) == FM_OK)
         srv->accept_paused = false;
-    /* Reaps a finished background snapshot, starts one when due. */
+    /* Reaps a finished background snapshot, starts one when due. Starting
+     * one flushes the WAL, so the turn's writes are committed first, with
+     * their clients' replies settled (the timer runs in the same loop turn
+     * as the reads before it). */
+    fm_server_commit_turn(srv);
     fm_engine_cron(srv->engine);
     /* One huge reply (a FIND of every row) must not pin its memory. */
     if (srv->reply.buf.cap > 1024 * 1024)
@@ -285,29 +294,29 @@ static int64_t cron(struct fm_ae *ae, int64_t id, void *data)
     return FM_CRON_MS;
 }
 
-/*
- * The group commit of SPEC section 4: every WAL record appended during this
- * turn goes out with one write() and, under "fsync always", one fdatasync,
- * before fm_server_flush_clients sends any reply of the turn. When the WAL
- * cannot be written the engine has already rolled those writes back and is
- * read-only for good; the clients that wrote get -READONLY in place of
- * every reply from their first write of the turn on (a read that followed
- * the write may have seen it), and nothing pretends the data is safe.
- */
-static void flush_wal_before_replies(struct fm_server *srv)
+void fm_server_commit_turn(struct fm_server *srv)
 {
-    if (!fm_engine_has_pending(srv->engine))
+    /* A write always leaves WAL records pending; the second test only
+     * keeps a flush from being skipped should that ever not hold. */
+    if (!srv->turn_wrote && !fm_engine_has_pending(srv->engine))
         return;
     struct fm_error err = {0};
-    if (fm_engine_flush(srv->engine, &err) == FM_OK)
-        return;
-    fm_log_write(&srv->log, FM_LOG_WARNING,
-                 "WAL write failed, writes are refused from now on: %s",
+    char msg[FM_ERROR_MSG_CAP + 96];
+    const char *fail_msg = NULL;
+    if (fm_engine_flush(srv->engine, &err) != FM_OK) {
+        fm_log_write(&srv->log, FM_LOG_WARNING,
+                     "WAL write failed, writes are refused from now on: %s",
+                     err.msg);
+        snprintf(msg, sizeof(msg),
+                 "the writes of this turn were rolled back and this reply "
+                 "withheld: %s",
                  err.msg);
-    char msg[FM_ERROR_MSG_CAP + 64];
-    snprintf(msg, sizeof(msg), "the write was not applied: %s", err.msg);
+        fail_msg = msg;
+    }
+    /* Every marked client ran a command in this turn, so it is pending. */
     for (struct fm_client *c = srv->pending; c != NULL; c = c->pending_next)
-        fm_client_fail_turn(c, msg);
+        fm_client_end_turn(c, fail_msg);
+    srv->turn_wrote = false;
 }
 
 /*
@@ -329,7 +338,7 @@ static void persist_before_exit(struct fm_server *srv, bool nosave)
 static void before_sleep(struct fm_ae *ae, void *data)
 {
     struct fm_server *srv = data;
-    flush_wal_before_replies(srv);
+    fm_server_commit_turn(srv);
     fm_server_flush_clients(srv);
     if (srv->shutdown_asap) {
         persist_before_exit(srv, srv->shutdown_nosave);

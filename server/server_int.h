@@ -69,11 +69,14 @@ struct fm_client {
     int64_t created_us;   /* monotonic */
     int64_t last_io_us;   /* monotonic, last read or write */
     const char *last_cmd; /* name of the last command, for CLIENT LIST */
-    /* Group commit (server.c): from the first write this client ran in the
-     * current loop turn, where its replies start in out and how many there
-     * are, so that they can all be replaced by -READONLY when the WAL flush
-     * of the turn fails. */
-    bool turn_wrote;
+    /* Group commit (server.c): once any client has written in the current
+     * loop turn, every command this client runs until the turn's WAL flush
+     * may have seen those writes. turn_mark is where the reply of the first
+     * such command starts in out and turn_n_replies counts the replies
+     * from there, so that they can all be replaced by -READONLY when the
+     * flush fails and the writes are rolled back. */
+    bool turn_marked;
+    bool turn_began_multi; /* MULTI succeeded after turn_mark */
     size_t turn_mark;
     size_t turn_n_replies;
     struct fm_client *prev; /* all clients */
@@ -152,6 +155,10 @@ struct fm_server {
     bool shutdown_asap;
     bool shutdown_nosave;
     bool accept_paused; /* out of fds: the cron watches the listener again */
+    /* A command changed data in this loop turn and the WAL has not been
+     * flushed since: every command run from now until the flush gets its
+     * client marked (struct fm_client, turn_mark). */
+    bool turn_wrote;
 };
 
 /* ---- network.c -------------------------------------------------------- */
@@ -169,9 +176,15 @@ void fm_client_free(struct fm_client *c);
 /* Marks a client to be closed after its pending output is written. */
 void fm_client_close_after_reply(struct fm_client *c);
 
-/* Replaces every reply of this turn from the client's first write on by
- * "-READONLY msg": the WAL flush failed and those writes were undone. */
-void fm_client_fail_turn(struct fm_client *c, const char *msg);
+/*
+ * Ends the client's part in a group commit. With fail_msg NULL the turn's
+ * WAL flush succeeded and the mark is dropped. Otherwise it failed and its
+ * writes were rolled back: every reply from the client's mark on is replaced
+ * by "-READONLY fail_msg" (as many replies as there were, so a pipelining
+ * client stays in step), and a MULTI whose replies were replaced is undone
+ * or doomed to -EXECABORT so that the client's view of it stays true.
+ */
+void fm_client_end_turn(struct fm_client *c, const char *fail_msg);
 
 /* Bytes of memory held by a client (struct, buffers, MULTI queue). */
 size_t fm_client_memory_bytes(const struct fm_client *c);
@@ -212,6 +225,15 @@ void fm_cmd_config(struct fm_client *c, const struct fm_args *a,
                    struct fm_reply *r);
 
 /* ---- server.c --------------------------------------------------------- */
+
+/*
+ * The group commit of SPEC section 4: flushes the WAL records of the writes
+ * made since the last call and ends the turn of every client marked since
+ * (fm_client_end_turn). Runs before the replies of a loop turn are sent,
+ * and before anything that flushes the WAL itself (SAVE, BGSAVE, the
+ * cron's background snapshot), so that no flush goes by unaccounted.
+ */
+void fm_server_commit_turn(struct fm_server *srv);
 
 /* Starts a shutdown at the end of this loop turn (SHUTDOWN, signals). */
 void fm_server_schedule_shutdown(struct fm_server *srv, bool nosave);

@@ -7,13 +7,25 @@
  * -READONLY, later writes too, reads must go on and INFO must say why; after
  * a SIGKILL and a restart without the fault, every acknowledged write is
  * there and the refused ones are not.
+ *
+ * A failed group commit also withholds every reply of the turn that ran
+ * after its first write, on any client, since such a reply may carry rows
+ * that were rolled back (docs/durability.md). To have two clients' requests
+ * handled in one loop turn, the server is stopped with SIGSTOP while both
+ * are sent, so that one epoll_wait returns both sockets, in the order the
+ * requests arrived.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <hiredis/hiredis.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 
 #include "tests/server_proc.h"
 
@@ -133,4 +145,336 @@ Test(fault, failed_wal_write_with_enospc_turns_the_server_readonly)
 Test(fault, failed_wal_write_with_eio_turns_the_server_readonly)
 {
     run_fault("pwrite", "EIO");
+}
+
+/* Starts the server under the shim with the fault armed for call/err_name
+ * once the trigger file exists; returns its pid. */
+static pid_t start_faulty(const char *call, const char *err_name,
+                          const char *fsync, int *port)
+{
+    static char env_preload[512];
+    static char env_trigger[400];
+    static char env_call[64];
+    static char env_errno[64];
+    static char env_asan[] =
+        "ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0";
+    snprintf(env_preload, sizeof(env_preload), "LD_PRELOAD=%s", FM_FAULT_SHIM);
+    snprintf(env_trigger, sizeof(env_trigger), "FM_FAULT_TRIGGER=%s", trigger);
+    snprintf(env_call, sizeof(env_call), "FM_FAULT_CALL=%s", call);
+    snprintf(env_errno, sizeof(env_errno), "FM_FAULT_ERRNO=%s", err_name);
+    char *const env[] = {env_preload, env_trigger, env_call,
+                         env_errno,   env_asan,    NULL};
+    const char *const args[] = {"--fsync", fsync, NULL};
+    return fm_test_start_server(dir, log_path, args, env, port);
+}
+
+static redisContext *connect_to(int port)
+{
+    redisContext *c = redisConnect("127.0.0.1", port);
+    cr_assert(c != NULL && c->err == 0);
+    return c;
+}
+
+static void arm_fault(void)
+{
+    FILE *f = fopen(trigger, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+}
+
+/* Sends everything appended to c without reading a reply. */
+static void send_appended(redisContext *c)
+{
+    int done = 0;
+    while (!done)
+        cr_assert_eq(redisBufferWrite(c, &done), REDIS_OK, "%s", c->errstr);
+}
+
+/* Bytes waiting unread in the server's end of c's connection, from
+ * /proc/net/tcp (the server listens on 127.0.0.1), or -1 if not found. */
+static long server_rx_queue(redisContext *c, int server_port)
+{
+    struct sockaddr_in me;
+    socklen_t me_len = sizeof(me);
+    cr_assert_eq(getsockname(c->fd, (struct sockaddr *)&me, &me_len), 0);
+    unsigned client_port = ntohs(me.sin_port);
+    FILE *f = fopen("/proc/net/tcp", "r");
+    cr_assert_not_null(f);
+    char line[512];
+    long found = -1;
+    while (found < 0 && fgets(line, sizeof(line), f) != NULL) {
+        unsigned lip, lport, rip, rport, st, txq, rxq;
+        if (sscanf(line, " %*d: %8x:%4x %8x:%4x %2x %8x:%8x", &lip, &lport,
+                   &rip, &rport, &st, &txq, &rxq) == 7 &&
+            lport == (unsigned)server_port && rport == client_port)
+            found = (long)rxq;
+    }
+    fclose(f);
+    return found;
+}
+
+/*
+ * Sends what was appended to c and waits until it sits in the server's
+ * socket: loopback hands data over in a softirq that can run late on a
+ * loaded machine, and the tests below need every request queued (and
+ * queued in order) before the stopped server resumes.
+ */
+static void send_queued(redisContext *c, int server_port)
+{
+    send_appended(c);
+    for (int i = 0; i < 500 && server_rx_queue(c, server_port) <= 0; i++)
+        fm_test_pause_ms(2);
+    cr_assert_gt(server_rx_queue(c, server_port), 0,
+                 "the request never reached the server's socket");
+}
+
+static redisReply *next_reply(redisContext *c)
+{
+    void *r = NULL;
+    cr_assert_eq(redisGetReply(c, &r), REDIS_OK, "%s", c->errstr);
+    return r;
+}
+
+static void expect_readonly(redisContext *c, const char *what)
+{
+    redisReply *r = next_reply(c);
+    cr_assert_eq(r->type, REDIS_REPLY_ERROR, "%s: type %d (%s)", what, r->type,
+                 r->type == REDIS_REPLY_STRING ? r->str : "");
+    cr_assert(strncmp(r->str, "READONLY", 8) == 0, "%s: %s", what, r->str);
+    freeReplyObject(r);
+}
+
+static void expect_error_prefix(redisContext *c, const char *prefix,
+                                const char *what)
+{
+    redisReply *r = next_reply(c);
+    cr_assert_eq(r->type, REDIS_REPLY_ERROR, "%s: type %d", what, r->type);
+    cr_assert(strncmp(r->str, prefix, strlen(prefix)) == 0, "%s: %s", what,
+              r->str);
+    freeReplyObject(r);
+}
+
+static void expect_nil(redisContext *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    cr_assert_not_null(r, "%s", c->errstr);
+    cr_assert_eq(r->type, REDIS_REPLY_NIL, "%s: type %d", fmt, r->type);
+    freeReplyObject(r);
+}
+
+/* True when the server's main thread sleeps in epoll_wait. */
+static bool is_in_epoll_wait(pid_t server)
+{
+    char path[64];
+    char wchan[64] = "";
+    snprintf(path, sizeof(path), "/proc/%d/wchan", (int)server);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(wchan, 1, sizeof(wchan) - 1, f);
+    wchan[n] = '\0';
+    fclose(f);
+    return strstr(wchan, "epoll") != NULL;
+}
+
+/*
+ * Stops the server once it sleeps in epoll_wait. Stopping it earlier, while
+ * it still finishes the last turn, would leave the sockets it just served
+ * on epoll's ready list (level-triggered events are queued again after they
+ * are reported), and the next epoll_wait would report them first, whatever
+ * order the new requests arrive in.
+ */
+static void stop_server(pid_t server)
+{
+    int status;
+    for (int i = 0; i < 500 && !is_in_epoll_wait(server); i++)
+        fm_test_pause_ms(2);
+    cr_assert_eq(kill(server, SIGSTOP), 0);
+    cr_assert_eq(waitpid(server, &status, WUNTRACED), server);
+    cr_assert(WIFSTOPPED(status));
+}
+
+static void kill_server(pid_t server)
+{
+    kill(server, SIGKILL);
+    waitpid(server, NULL, 0);
+}
+
+static void pipelined_read_after_failed_write(const char *call,
+                                              const char *err_name,
+                                              const char *fsync)
+{
+    int port;
+    pid_t server = start_faulty(call, err_name, fsync, &port);
+    redisContext *c = connect_to(port);
+    expect_int(c, 1, "INSERT artists name kept");
+    arm_fault();
+    redisAppendCommand(c, "INSERT artists name lost");
+    redisAppendCommand(c, "GET artists 2");
+    redisAppendCommand(c, "PING");
+    send_appended(c);
+    expect_readonly(c, "INSERT");
+    expect_readonly(c, "GET of the rolled-back row");
+    expect_readonly(c, "PING after the write");
+    /* The next turn sees the state after the rollback. */
+    expect_nil(c, "GET artists 2");
+    expect_int(c, 1, "COUNT artists");
+    redisFree(c);
+    kill_server(server);
+}
+
+Test(fault, pipelined_read_after_a_failed_write_gets_readonly)
+{
+    pipelined_read_after_failed_write("fdatasync", "EIO", "always");
+}
+
+Test(fault, pipelined_read_after_a_failed_write_gets_readonly_under_everysec)
+{
+    /* Under everysec the flush is a write() without fdatasync; when that
+     * write fails, the group is rolled back as under always. */
+    pipelined_read_after_failed_write("pwrite", "ENOSPC", "everysec");
+}
+
+Test(fault, read_of_another_client_in_the_failed_turn_gets_readonly)
+{
+    int port;
+    pid_t server = start_faulty("fdatasync", "EIO", "always", &port);
+    redisContext *before = connect_to(port);
+    redisContext *writer = connect_to(port);
+    redisContext *reader = connect_to(port);
+    expect_int(writer, 1, "INSERT artists name kept");
+    arm_fault();
+    stop_server(server);
+    /* All three arrive while the server is stopped, so one turn runs them
+     * in this order: a read before the turn's first write, the write, a
+     * read that sees the written row. */
+    redisAppendCommand(before, "GET artists 1");
+    send_queued(before, port);
+    redisAppendCommand(writer, "INSERT artists name lost");
+    send_queued(writer, port);
+    redisAppendCommand(reader, "GET artists 2");
+    send_queued(reader, port);
+    cr_assert_eq(kill(server, SIGCONT), 0);
+    redisReply *r = next_reply(before);
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY, "a read before the write: %d",
+                 r->type);
+    freeReplyObject(r);
+    expect_readonly(writer, "INSERT");
+    expect_readonly(reader, "GET of the rolled-back row by another client");
+    expect_nil(reader, "GET artists 2");
+    redisFree(before);
+    redisFree(writer);
+    redisFree(reader);
+    kill_server(server);
+}
+
+Test(fault, multi_begun_in_a_failed_turn_is_undone)
+{
+    int port;
+    pid_t server = start_faulty("fdatasync", "EIO", "always", &port);
+    redisContext *c = connect_to(port);
+    expect_int(c, 1, "INSERT artists name kept");
+    arm_fault();
+    redisAppendCommand(c, "INSERT artists name lost");
+    redisAppendCommand(c, "MULTI");
+    redisAppendCommand(c, "GET artists 2");
+    send_appended(c);
+    expect_readonly(c, "INSERT");
+    expect_readonly(c, "MULTI");
+    expect_readonly(c, "queued GET");
+    /* The client was told MULTI failed, and the server agrees. */
+    redisReply *r = cmd(c, "EXEC");
+    cr_assert_eq(r->type, REDIS_REPLY_ERROR);
+    cr_assert_not_null(strstr(r->str, "EXEC without MULTI"), "%s", r->str);
+    freeReplyObject(r);
+    redisFree(c);
+    kill_server(server);
+}
+
+Test(fault, commands_queued_in_a_failed_turn_abort_the_exec)
+{
+    int port;
+    pid_t server = start_faulty("fdatasync", "EIO", "always", &port);
+    redisContext *writer = connect_to(port);
+    redisContext *tx = connect_to(port);
+    expect_int(writer, 1, "INSERT artists name kept");
+    redisReply *r = cmd(tx, "MULTI");
+    cr_assert_eq(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    arm_fault();
+    stop_server(server);
+    redisAppendCommand(writer, "INSERT artists name lost");
+    send_queued(writer, port);
+    redisAppendCommand(tx, "GET artists 2");
+    send_queued(tx, port);
+    cr_assert_eq(kill(server, SIGCONT), 0);
+    expect_readonly(writer, "INSERT");
+    expect_readonly(tx, "GET queued after the write");
+    redisAppendCommand(tx, "EXEC");
+    send_appended(tx);
+    expect_error_prefix(tx, "EXECABORT",
+                        "EXEC of a transaction told of a "
+                        "failed queuing");
+    redisFree(writer);
+    redisFree(tx);
+    kill_server(server);
+}
+
+Test(fault, save_after_a_write_in_the_same_turn_does_not_hide_the_failure)
+{
+    int port;
+    pid_t server = start_faulty("fdatasync", "EIO", "always", &port);
+    redisContext *c = connect_to(port);
+    expect_int(c, 1, "INSERT artists name kept");
+    arm_fault();
+    /* SAVE flushes the WAL itself, before the end of the turn. */
+    redisAppendCommand(c, "INSERT artists name lost");
+    redisAppendCommand(c, "GET artists 2");
+    redisAppendCommand(c, "SAVE");
+    send_appended(c);
+    expect_readonly(c, "INSERT");
+    expect_readonly(c, "GET of the rolled-back row");
+    redisReply *r = next_reply(c);
+    freeReplyObject(r);
+    expect_nil(c, "GET artists 2");
+    redisFree(c);
+    kill_server(server);
+
+    unlink(trigger);
+    const char *const args[] = {"--fsync", "always", NULL};
+    server = fm_test_start_server(dir, log_path, args, NULL, &port);
+    c = connect_to(port);
+    expect_int(c, 1, "COUNT artists");
+    expect_nil(c, "GET artists 2");
+    redisFree(c);
+    kill_server(server);
+}
+
+Test(fault, background_snapshot_in_the_turn_does_not_hide_the_failure)
+{
+    int port;
+    pid_t server = start_faulty("fdatasync", "EIO", "always", &port);
+    redisContext *c = connect_to(port);
+    expect_int(c, 1, "INSERT artists name kept");
+    redisReply *r = cmd(c, "SAVE");
+    freeReplyObject(r);
+    r = cmd(c, "CONFIG SET snapshot-interval 1");
+    freeReplyObject(r);
+    arm_fault();
+    /* While the server is stopped the cron falls due, so the timer runs in
+     * the same turn as the write and starts a background snapshot, which
+     * flushes the WAL before the end of the turn. */
+    stop_server(server);
+    fm_test_pause_ms(1200);
+    redisAppendCommand(c, "INSERT artists name lost");
+    redisAppendCommand(c, "GET artists 2");
+    send_queued(c, port);
+    cr_assert_eq(kill(server, SIGCONT), 0);
+    expect_readonly(c, "INSERT");
+    expect_readonly(c, "GET of the rolled-back row");
+    expect_nil(c, "GET artists 2");
+    redisFree(c);
+    kill_server(server);
 }
