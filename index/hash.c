@@ -2,16 +2,25 @@
  * hash.c: an open-addressing hash index from byte keys to row ids.
  *
  * The index answers "which rows have this key" for unique constraints and
- * equality lookups. It never stores keys (STYLE.md section 5): a slot is 16
- * bytes, four to a cache line,
+ * equality lookups. It never stores keys (STYLE.md section 5): a slot is 8
+ * bytes, eight to a cache line,
  *
  *     offset  size  field
- *          0     8  hash   XXH3-64 of the encoded key
- *          8     8  rowid  the row; 0 marks an empty slot
+ *          0     4  tag    low 32 bits of XXH3-64 of the encoded key
+ *          4     4  rowid  the row; 0 marks an empty slot
  *
- * Row ids start at 1 in the engine, so rowid 0 is free to mean "empty" and a
- * zero-filled allocation is an empty table (calloc hands out lazily zeroed
- * pages, so a fresh 4 GiB table costs nothing until it is used). Equal hashes
+ * Row ids start at 1 in the engine and stay below 2^32 (FM_ID_MAX), so rowid
+ * 0 is free to mean "empty" and a zero-filled allocation is an empty table
+ * (calloc hands out lazily zeroed pages, so a fresh 4 GiB table costs nothing
+ * until it is used). The tag is the whole hash as far as the table is
+ * concerned: homes, lookups, backward shifts and migration all work from it,
+ * so a table has at most 2^32 slots (32 GiB), and the bits of the tag above
+ * the home bits are what tell apart keys with one home: 18 of them in a 16k
+ * table, 5 in the 2^27 slots of 100M rows. A lookup meets some other key
+ * with its tag with probability about n_entries / 2^32 (0.2% at 10M rows,
+ * 2.3% at 100M), which costs one extra key fetch. Slots of 16 bytes (a
+ * 64-bit hash and rowid) made that a non-event but doubled every table,
+ * which kept a 10k-row table above SQLite's bytes per row (issue 2). Equal tags
  * are settled by asking fm_key_fn for the held row's key, written into a
  * scratch buffer the index owns, and comparing with memcmp. The scratch
  * buffer grows at insert time to the longest key ever inserted; since a held
@@ -20,24 +29,28 @@
  * the buffer is known to be absent without probing.
  *
  * Collisions are resolved by linear probing: an entry lives at its home slot
- * (hash & mask) or at the first free slot after it, wrapping at the end. The
+ * (tag & mask) or at the first free slot after it, wrapping at the end. The
  * one invariant is that no empty slot lies between an entry's home and its
  * position, so a lookup scans from the home to the first empty slot.
  * Removal uses backward-shift deletion instead of tombstones: the entries
  * after the hole are moved back into it whenever that keeps them reachable,
  * so a long-lived table with churn stays as short-probed as a fresh one, and
- * removal never allocates. A remove matches (hash, rowid) only: a row has one
+ * removal never allocates. A remove matches (tag, rowid) only: a row has one
  * key per index, and not calling fm_key_fn lets the engine remove the entry
  * after the row already holds its new key.
  *
- * Sizes are powers of two. The table grows at load 0.75: expected probes are
- * about 2.5 for a hit and 8.5 for a miss (Knuth), i.e. one or two cache
- * lines, while the load after growing (0.375 to 0.75) averages about 28
- * bytes per entry. 100M rows fit in 2^27 slots (2 GiB), and the resize to
- * 2^28 peaks at 6 GiB with both tables live. If the bigger table cannot be
- * allocated, inserts continue into the current one up to load 0.95 (miss
- * probes grow to hundreds, but it keeps working) and then fail with
- * FM_ERR_NOMEM; each insert above 0.75 retries the allocation.
+ * Sizes are powers of two. The table grows at load 0.8: expected probes are
+ * about 3 for a hit and 13 for a miss (Knuth), 24 and 104 bytes of
+ * consecutive slots, fewer bytes than the 16-byte slots scanned at load 0.75
+ * (40 and 136), so no lookup reads more than it used to. The load after
+ * growing (0.4 to 0.8) costs 10 to 20 bytes per entry. 100M rows fit in 2^27
+ * slots (1 GiB), and the resize to 2^28 peaks at 3 GiB with both tables
+ * live. If the bigger table cannot be allocated, inserts continue into the
+ * current one up to load 0.95 (miss probes grow to hundreds, but it keeps
+ * working) and then fail with FM_ERR_NOMEM; each insert above 0.8 retries
+ * the allocation. Finer growth steps (1.5x, with multiply-shift homes) would
+ * cut the worst case to 13 bytes per entry but move every entry twice as
+ * often; not done.
  *
  * Growth is incremental, after Redis's dict.c. Growing allocates a table of
  * twice the size and makes the current table the "old" one; inserts go to
@@ -91,11 +104,14 @@ enum {
 };
 
 struct hash_slot {
-    uint64_t hash;  /* XXH3-64 of the key */
-    uint64_t rowid; /* 0 when the slot is empty */
+    uint32_t tag;   /* low 32 bits of the key's XXH3-64 hash */
+    uint32_t rowid; /* 0 when the slot is empty */
 };
 
-_Static_assert(sizeof(struct hash_slot) == 16, "a slot is 16 bytes");
+_Static_assert(sizeof(struct hash_slot) == 8, "a slot is 8 bytes");
+
+/* The largest table: homes come from the 32 bits of a tag. */
+#define MAX_SLOTS ((uint64_t)1 << 32)
 
 struct hash_table {
     struct hash_slot *slots; /* n_slots slots; NULL when unallocated */
@@ -118,10 +134,10 @@ struct fm_hash {
     size_t scratch_cap;    /* at least the longest key ever inserted */
 };
 
-/* Entries a table takes before the index starts growing: load 0.75. */
+/* Entries a table takes before the index starts growing: load 0.8. */
 static size_t grow_limit(size_t n_slots)
 {
-    return n_slots / 4 * 3;
+    return n_slots / 5 * 4;
 }
 
 /* Entries a table takes when growing failed: load 0.95, one slot free. */
@@ -162,24 +178,30 @@ static bool is_migrated(const struct fm_hash *h, size_t pos)
     return ((pos - h->mig_start) & h->old.mask) < h->n_migrated;
 }
 
-/* Where a lookup for hash starts scanning t; see the essay on migration. */
+/* Where a lookup for tag starts scanning t; see the essay on migration. */
 static size_t probe_start(const struct fm_hash *h, const struct hash_table *t,
-                          uint64_t hash)
+                          uint32_t tag)
 {
-    size_t home = (size_t)hash & t->mask;
+    size_t home = (size_t)tag & t->mask;
     if (t == &h->old && is_migrated(h, home))
         return (h->mig_start + h->n_migrated) & t->mask;
     return home;
 }
 
+/* The part of a key's hash a slot keeps. */
+static uint32_t hash_tag(uint64_t hash)
+{
+    return (uint32_t)hash;
+}
+
 /* Places an entry known not to be present at the end of its probe chain. */
-static void table_put(struct hash_table *t, uint64_t hash, uint64_t rowid)
+static void table_put(struct hash_table *t, uint32_t tag, uint32_t rowid)
 {
     FM_ASSERT(t->n_entries < t->n_slots);
-    size_t pos = (size_t)hash & t->mask;
+    size_t pos = (size_t)tag & t->mask;
     while (t->slots[pos].rowid != 0)
         pos = (pos + 1) & t->mask;
-    t->slots[pos].hash = hash;
+    t->slots[pos].tag = tag;
     t->slots[pos].rowid = rowid;
     t->n_entries++;
 }
@@ -197,13 +219,13 @@ static void table_erase(struct hash_table *t, size_t i)
         const struct hash_slot *s = &t->slots[j];
         if (s->rowid == 0)
             break;
-        size_t home = (size_t)s->hash & t->mask;
+        size_t home = (size_t)s->tag & t->mask;
         if (((j - home) & t->mask) >= ((j - i) & t->mask)) {
             t->slots[i] = *s;
             i = j;
         }
     }
-    t->slots[i].hash = 0;
+    t->slots[i].tag = 0;
     t->slots[i].rowid = 0;
     t->n_entries--;
 }
@@ -220,13 +242,13 @@ static bool key_equals(struct fm_hash *h, uint64_t rowid, const uint8_t *key,
 }
 
 static bool table_find_key(struct fm_hash *h, const struct hash_table *t,
-                           uint64_t hash, const uint8_t *key, size_t key_len,
+                           uint32_t tag, const uint8_t *key, size_t key_len,
                            size_t *pos_out)
 {
-    size_t pos = probe_start(h, t, hash);
+    size_t pos = probe_start(h, t, tag);
     for (; t->slots[pos].rowid != 0; pos = (pos + 1) & t->mask) {
         const struct hash_slot *s = &t->slots[pos];
-        if (s->hash == hash && key_equals(h, s->rowid, key, key_len)) {
+        if (s->tag == tag && key_equals(h, s->rowid, key, key_len)) {
             *pos_out = pos;
             return true;
         }
@@ -235,12 +257,12 @@ static bool table_find_key(struct fm_hash *h, const struct hash_table *t,
 }
 
 static bool table_find_entry(const struct fm_hash *h,
-                             const struct hash_table *t, uint64_t hash,
-                             uint64_t rowid, size_t *pos_out)
+                             const struct hash_table *t, uint32_t tag,
+                             uint32_t rowid, size_t *pos_out)
 {
-    size_t pos = probe_start(h, t, hash);
+    size_t pos = probe_start(h, t, tag);
     for (; t->slots[pos].rowid != 0; pos = (pos + 1) & t->mask) {
-        if (t->slots[pos].hash == hash && t->slots[pos].rowid == rowid) {
+        if (t->slots[pos].tag == tag && t->slots[pos].rowid == rowid) {
             *pos_out = pos;
             return true;
         }
@@ -306,8 +328,8 @@ static void migrate_step(struct fm_hash *h, size_t budget)
         size_t pos = (h->mig_start + h->n_migrated) & old->mask;
         struct hash_slot *s = &old->slots[pos];
         if (s->rowid != 0) {
-            table_put(&h->cur, s->hash, s->rowid);
-            s->hash = 0;
+            table_put(&h->cur, s->tag, s->rowid);
+            s->tag = 0;
             s->rowid = 0;
             old->n_entries--;
         }
@@ -328,7 +350,7 @@ static fm_status start_resize(struct fm_hash *h, size_t n_slots)
 {
     struct hash_table t;
     FM_ASSERT(!is_resizing(h));
-    if (n_slots > SIZE_MAX / 2 / sizeof(struct hash_slot) ||
+    if (n_slots > MAX_SLOTS || n_slots > SIZE_MAX / 2 / sizeof(t.slots[0]) ||
         !table_alloc(&t, n_slots))
         return FM_ERR_NOMEM;
     if (h->cur.n_entries == 0) {
@@ -450,15 +472,15 @@ uint64_t fm_hash_key(const uint8_t *key, size_t key_len)
 }
 
 /* True when some entry has this key, in either table. */
-static bool contains_key(struct fm_hash *h, uint64_t hash, const uint8_t *key,
+static bool contains_key(struct fm_hash *h, uint32_t tag, const uint8_t *key,
                          size_t key_len)
 {
     size_t pos;
     if (h->cur.n_entries > 0 &&
-        table_find_key(h, &h->cur, hash, key, key_len, &pos))
+        table_find_key(h, &h->cur, tag, key, key_len, &pos))
         return true;
     return is_resizing(h) &&
-           table_find_key(h, &h->old, hash, key, key_len, &pos);
+           table_find_key(h, &h->old, tag, key, key_len, &pos);
 }
 
 fm_status fm_hash_insert(struct fm_hash *h, const uint8_t *key, size_t key_len,
@@ -466,17 +488,17 @@ fm_status fm_hash_insert(struct fm_hash *h, const uint8_t *key, size_t key_len,
 {
     FM_ASSERT(h != NULL);
     FM_ASSERT(key != NULL || key_len == 0);
-    FM_ASSERT(rowid != 0);
-    uint64_t hash = fm_hash_key(key, key_len);
+    FM_ASSERT(rowid != 0 && rowid <= FM_HASH_ROWID_MAX);
+    uint32_t tag = hash_tag(fm_hash_key(key, key_len));
     fm_status st = reserve_scratch(h, key_len);
     if (st != FM_OK)
         return st;
-    if (h->unique && contains_key(h, hash, key, key_len))
+    if (h->unique && contains_key(h, tag, key, key_len))
         return FM_ERR_UNIQUE;
     st = make_room(h);
     if (st != FM_OK)
         return st;
-    table_put(&h->cur, hash, rowid);
+    table_put(&h->cur, tag, (uint32_t)rowid);
     debug_check_shape(h);
     return FM_OK;
 }
@@ -486,13 +508,14 @@ bool fm_hash_remove(struct fm_hash *h, const uint8_t *key, size_t key_len,
 {
     FM_ASSERT(h != NULL);
     FM_ASSERT(key != NULL || key_len == 0);
-    if (fm_hash_count(h) == 0 || rowid == 0)
+    if (fm_hash_count(h) == 0 || rowid == 0 || rowid > FM_HASH_ROWID_MAX)
         return false;
-    uint64_t hash = fm_hash_key(key, key_len);
+    uint32_t tag = hash_tag(fm_hash_key(key, key_len));
+    uint32_t id = (uint32_t)rowid;
     size_t pos;
-    if (h->cur.n_entries > 0 && table_find_entry(h, &h->cur, hash, rowid, &pos))
+    if (h->cur.n_entries > 0 && table_find_entry(h, &h->cur, tag, id, &pos))
         table_erase(&h->cur, pos);
-    else if (is_resizing(h) && table_find_entry(h, &h->old, hash, rowid, &pos))
+    else if (is_resizing(h) && table_find_entry(h, &h->old, tag, id, &pos))
         table_erase(&h->old, pos);
     else
         return false;
@@ -509,15 +532,14 @@ bool fm_hash_find(struct fm_hash *h, const uint8_t *key, size_t key_len,
     FM_ASSERT(key != NULL || key_len == 0);
     if (fm_hash_count(h) == 0 || key_len > h->scratch_cap)
         return false;
-    uint64_t hash = fm_hash_key(key, key_len);
+    uint32_t tag = hash_tag(fm_hash_key(key, key_len));
     size_t pos;
     if (h->cur.n_entries > 0 &&
-        table_find_key(h, &h->cur, hash, key, key_len, &pos)) {
+        table_find_key(h, &h->cur, tag, key, key_len, &pos)) {
         *rowid_out = h->cur.slots[pos].rowid;
         return true;
     }
-    if (is_resizing(h) &&
-        table_find_key(h, &h->old, hash, key, key_len, &pos)) {
+    if (is_resizing(h) && table_find_key(h, &h->old, tag, key, key_len, &pos)) {
         *rowid_out = h->old.slots[pos].rowid;
         return true;
     }
@@ -529,7 +551,7 @@ static void rehash_into(struct hash_table *dst, const struct hash_table *src)
 {
     for (size_t i = 0; i < src->n_slots; i++) {
         if (src->slots[i].rowid != 0)
-            table_put(dst, src->slots[i].hash, src->slots[i].rowid);
+            table_put(dst, src->slots[i].tag, src->slots[i].rowid);
     }
 }
 
@@ -538,7 +560,8 @@ fm_status fm_hash_reserve(struct fm_hash *h, size_t n)
     FM_ASSERT(h != NULL);
     size_t n_slots = MIN_SLOTS;
     while (grow_limit(n_slots) < n) {
-        if (n_slots > SIZE_MAX / 4 / sizeof(struct hash_slot))
+        if (n_slots >= MAX_SLOTS ||
+            n_slots > SIZE_MAX / 4 / sizeof(struct hash_slot))
             return FM_ERR_NOMEM;
         n_slots *= 2;
     }
@@ -578,14 +601,14 @@ void fm_hash_iter_init(struct fm_hash_iter *it, struct fm_hash *h,
     it->h = h;
     it->key = key;
     it->key_len = key_len;
-    it->hash = fm_hash_key(key, key_len);
+    it->tag = hash_tag(fm_hash_key(key, key_len));
     if (fm_hash_count(h) == 0 || key_len > h->scratch_cap) {
         it->done = true;
         return;
     }
     /* Table 0 is the old table, scanned first during a resize; 1 is cur. */
     it->table = is_resizing(h) ? 0 : 1;
-    it->pos = probe_start(h, it->table == 0 ? &h->old : &h->cur, it->hash);
+    it->pos = probe_start(h, it->table == 0 ? &h->old : &h->cur, it->tag);
 }
 
 bool fm_hash_iter_next(struct fm_hash_iter *it, uint64_t *rowid_out)
@@ -597,14 +620,14 @@ bool fm_hash_iter_next(struct fm_hash_iter *it, uint64_t *rowid_out)
         if (s->rowid == 0) {
             if (it->table == 0 && h->cur.n_entries > 0) {
                 it->table = 1;
-                it->pos = probe_start(h, &h->cur, it->hash);
+                it->pos = probe_start(h, &h->cur, it->tag);
             } else {
                 it->done = true;
             }
             continue;
         }
         it->pos = (it->pos + 1) & t->mask;
-        if (s->hash == it->hash &&
+        if (s->tag == it->tag &&
             key_equals(h, s->rowid, it->key, it->key_len)) {
             *rowid_out = s->rowid;
             return true;
@@ -674,13 +697,13 @@ static fm_status check_entry(struct fm_hash *h, const struct hash_table *t,
                              size_t pos, uint8_t *key_buf, struct fm_error *err)
 {
     const char *name = t == &h->old ? "old" : "current";
-    uint64_t hash = t->slots[pos].hash;
+    uint32_t tag = t->slots[pos].tag;
     uint64_t rowid = t->slots[pos].rowid;
     if (t == &h->old && is_migrated(h, pos))
         return fm_error_set(err, FM_ERR_CORRUPT,
                             "migrated old slot %zu holds row %llu", pos,
                             (unsigned long long)rowid);
-    for (size_t p = probe_start(h, t, hash); p != pos; p = (p + 1) & t->mask) {
+    for (size_t p = probe_start(h, t, tag); p != pos; p = (p + 1) & t->mask) {
         if (t->slots[p].rowid == 0)
             return fm_error_set(err, FM_ERR_CORRUPT,
                                 "row %llu in %s slot %zu is unreachable: "
@@ -693,7 +716,7 @@ static fm_status check_entry(struct fm_hash *h, const struct hash_table *t,
                             "row %llu has a key of %zu bytes, longer than "
                             "any inserted",
                             (unsigned long long)rowid, len);
-    if (fm_hash_key(key_buf, len) != hash)
+    if (hash_tag(fm_hash_key(key_buf, len)) != tag)
         return fm_error_set(err, FM_ERR_CORRUPT,
                             "row %llu in %s slot %zu has a stale hash",
                             (unsigned long long)rowid, name, pos);

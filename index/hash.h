@@ -1,10 +1,10 @@
 /*
  * hash.h: an open-addressing hash index from byte keys to row ids.
  *
- * Each slot holds a 64-bit XXH3 hash of the key and the row id; keys are
- * not copied, and equal hashes are resolved by asking fm_key_fn for the held
- * row's key. A unique index refuses a second entry with an equal key; a
- * non-unique one keeps them all. The table grows incrementally, a few slots
+ * Each 8-byte slot holds 32 bits of the key's XXH3 hash and a 32-bit row id;
+ * keys are not copied, and equal hashes are resolved by asking fm_key_fn for
+ * the held row's key. A unique index refuses a second entry with an equal key;
+ * a non-unique one keeps them all. The table grows incrementally, a few slots
  * moved per operation, so that no insert into a 10-million-row table stalls
  * for a whole rehash.
  */
@@ -25,18 +25,21 @@ void fm_hash_free(struct fm_hash *h);
 /* XXH3-64 of the key, as the index computes it. */
 uint64_t fm_hash_key(const uint8_t *key, size_t key_len);
 
+/* Row ids an index can hold: 1 to FM_HASH_ROWID_MAX (a slot keeps 32 bits). */
+#define FM_HASH_ROWID_MAX UINT32_MAX
+
 /*
- * Adds (key, rowid). rowid must not be 0 (0 marks an empty slot) and the
- * pair must not already be present. FM_ERR_UNIQUE when unique and the key is
- * present; FM_ERR_NOMEM. The index is unchanged on any failure.
+ * Adds (key, rowid). rowid must be in 1..FM_HASH_ROWID_MAX (0 marks an empty
+ * slot) and the pair must not already be present. FM_ERR_UNIQUE when unique and
+ * the key is present; FM_ERR_NOMEM. The index is unchanged on any failure.
  */
 fm_status fm_hash_insert(struct fm_hash *h, const uint8_t *key, size_t key_len,
                          uint64_t rowid);
 
 /*
  * Removes (key, rowid); false if it was not there. Never allocates. The
- * entry is matched on XXH3(key) and rowid without calling fm_key_fn, so the
- * row may already hold a different key.
+ * entry is matched on the key's hash and rowid without calling fm_key_fn,
+ * so the row may already hold a different key.
  */
 bool fm_hash_remove(struct fm_hash *h, const uint8_t *key, size_t key_len,
                     uint64_t rowid);
@@ -59,7 +62,7 @@ struct fm_hash_iter {
     struct fm_hash *h;
     const uint8_t *key; /* borrowed for the life of the iterator */
     size_t key_len;
-    uint64_t hash;
+    uint32_t tag; /* the part of the key's hash that slots keep */
     size_t table; /* which of the two tables during a resize */
     size_t pos;   /* next slot to probe */
     bool done;
