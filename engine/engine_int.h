@@ -15,8 +15,11 @@
 
 #include <sys/types.h>
 
-/* Row ids map to records through a two-level table of pages. */
-#define FM_ID_PAGE_BITS  12
+/*
+ * Row ids map to records through a two-level table of pages of 512 slots
+ * (4 KiB): small enough that a small table wastes little past its last id.
+ */
+#define FM_ID_PAGE_BITS  9
 #define FM_ID_PAGE_SLOTS ((uint64_t)1 << FM_ID_PAGE_BITS)
 #define FM_ID_MAX        ((uint64_t)1 << 32) /* ids are below this */
 
@@ -54,7 +57,7 @@ struct fm_table {
     struct fm_engine *engine;
     const struct fm_table_def *def;
     size_t no;        /* table number in the schema */
-    uint8_t ***pages; /* pages[id >> 12][id & 4095] -> record */
+    uint8_t ***pages; /* pages[id >> 9][id & 511] -> record */
     size_t n_pages;   /* length of pages[] */
     uint64_t next_id; /* id the next automatic insert gets */
     uint64_t n_rows;
