@@ -204,11 +204,12 @@ struct fake_io {
     atomic_int n_fdatasync;
     int fail_pwrite_at; /* 1-based call to fail; 0 never */
     int pwrite_errno;
-    bool short_then_fail;  /* the failing call first writes half */
-    size_t max_chunk;      /* cap every pwrite at this many bytes; 0 no */
-    int eintr_every;       /* every n-th pwrite returns EINTR; 0 never */
-    int fail_fdatasync_at; /* 1-based; 0 never */
-    int fail_open_at;      /* 1-based among opens after arming; 0 never */
+    bool short_then_fail;   /* the failing call first writes half */
+    size_t max_chunk;       /* cap every pwrite at this many bytes; 0 no */
+    int eintr_every;        /* every n-th pwrite returns EINTR; 0 never */
+    int fail_fdatasync_at;  /* 1-based; 0 never */
+    int fdatasync_delay_ms; /* every fdatasync sleeps this long first */
+    int fail_open_at;       /* 1-based among opens after arming; 0 never */
     atomic_int n_open;
 };
 
@@ -252,6 +253,11 @@ static int fake_fdatasync(void *ctx, int fd)
     if (f->fail_fdatasync_at != 0 && n >= f->fail_fdatasync_at) {
         errno = EIO;
         return -1;
+    }
+    if (f->fdatasync_delay_ms > 0) {
+        struct timespec ts = {f->fdatasync_delay_ms / 1000,
+                              (long)(f->fdatasync_delay_ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
     }
     return fdatasync(fd);
 }
@@ -1282,4 +1288,60 @@ Test(wal, check_dir_tells_preallocated_zeros_from_a_torn_tail)
     cr_assert_eq(fm_wal_fix_dir(dir, &torn, &err), FM_OK, "%s", err.msg);
     cr_assert_eq(torn, 0);
     cr_assert_eq(file_size(path), len, "fix leaves the zeros alone");
+}
+
+/*
+ * everysec on a disk whose fdatasync takes 1.2 s: without a bound the
+ * acknowledged writes run up to 2.2 s ahead of the disk (1 s period plus
+ * the slow call). With everysec_max_lag_ms 300, a flush whose oldest
+ * undurable write is older than that syncs itself before it returns.
+ */
+Test(wal, everysec_bounds_how_far_writes_run_ahead_of_a_slow_disk)
+{
+    struct fake_io f;
+    fake_init(&f);
+    f.fdatasync_delay_ms = 1200;
+    struct fm_wal_options o = base_opts();
+    o.segment_size = 1 << 20;
+    o.fsync = FM_WAL_FSYNC_EVERYSEC;
+    o.everysec_max_lag_ms = 300;
+    o.io = &f.io;
+    struct log_capture logs = {0};
+    o.log_fn = capture_log;
+    o.log_ctx = &logs;
+    struct fm_wal *wal = open_ok(&o);
+    /* ack_us[lsn]: when the flush of lsn returned (it was acknowledged). */
+    static int64_t ack_us[400];
+    int64_t worst = 0;
+    uint64_t lsn = 1;
+    int64_t end = fm_monotonic_us() + 3500000;
+    while (fm_monotonic_us() < end && lsn < 400) {
+        append_range(wal, lsn, lsn, 1);
+        int64_t now = fm_monotonic_us();
+        ack_us[lsn] = now;
+        struct fm_wal_stats st;
+        fm_wal_get_stats(wal, &st);
+        /* The oldest acknowledged record that is not durable. */
+        if (st.durable_lsn < lsn) {
+            int64_t age = now - ack_us[st.durable_lsn + 1];
+            if (age > worst)
+                worst = age;
+        }
+        lsn++;
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+    }
+    struct fm_wal_stats st;
+    fm_wal_get_stats(wal, &st);
+    cr_assert_gt(st.n_lag_syncs, 0);
+    /* 300 ms, plus one 20 ms step, plus scheduling slack. */
+    cr_assert_lt(worst, 600000, "writes ran %lld us ahead of the disk",
+                 (long long)worst);
+    cr_assert(strstr(logs.last, "behind") != NULL, "%s", logs.last);
+    fm_wal_close(wal);
+    o.io = NULL;
+    o.log_fn = NULL;
+    wal = open_ok(&o);
+    expect_records(wal, 0, 1, lsn - 1);
+    fm_wal_close(wal);
 }

@@ -41,8 +41,12 @@
  *             loses nothing (the data is in the page cache); an OS crash or
  *             power loss loses the records written since the last
  *             successful background fdatasync: about one second, more if
- *             that fdatasync is itself slow, since writes do not wait for
- *             it (unlike Redis, which delays writes after 2 s).
+ *             that fdatasync is itself slow: up to everysec_max_lag_ms
+ *             (2 s by default, as Redis). When the oldest write that is
+ *             not yet durable is older than that (the background
+ *             fdatasync is stuck on a slow disk), the flush fdatasyncs
+ *             before it returns, as under always, so writes slow down to
+ *             the disk instead of the loss window growing without bound.
  *   no        the log never calls fdatasync except at segment rotation and
  *             fm_wal_sync; an OS crash loses whatever the kernel had not
  *             written back (typically up to 30 s on Linux).
@@ -142,6 +146,7 @@ struct fm_wal {
     uint64_t pending_first; /* LSN of the first of them */
     size_t n_pending;
     bool reason_logged; /* the failure went to the log callback */
+    bool lag_logged;    /* the current run of lagging flushes was logged */
     struct fm_wal_recovery recovery;
 
     pthread_mutex_t mu;  /* guards everything below */
@@ -154,7 +159,10 @@ struct fm_wal {
     uint64_t bytes_written;
     uint64_t n_flushes;
     uint64_t n_fsyncs;
+    uint64_t n_lag_syncs;
     int64_t last_fsync_us;
+    int64_t dirty_since_us; /* monotonic: oldest write not durable; 0 none */
+    int64_t max_lag_us;     /* everysec bound on dirty_since_us's age */
     uint64_t lost_first;
     uint64_t lost_last;
     char reason[FM_ERROR_MSG_CAP];
@@ -353,6 +361,25 @@ static fm_status start_segment(struct fm_wal *wal, uint64_t first_lsn,
     return FM_OK;
 }
 
+/*
+ * Records a successful fdatasync that covered every record up to target and
+ * began at started_us (monotonic; 0 when no write can have come in since,
+ * as on the caller's thread); mu must be held.
+ */
+static void synced_locked(struct fm_wal *wal, uint64_t target,
+                          int64_t started_us)
+{
+    if (target > wal->durable_lsn)
+        wal->durable_lsn = target;
+    wal->n_fsyncs++;
+    wal->last_fsync_us = fm_now_us();
+    /* Writes after target came in after the fdatasync began. */
+    if (wal->durable_lsn >= wal->written_lsn)
+        wal->dirty_since_us = 0;
+    else if (wal->dirty_since_us < started_us)
+        wal->dirty_since_us = started_us;
+}
+
 /* fdatasync of the active segment from the caller's thread. */
 static fm_status sync_active(struct fm_wal *wal, const char *why,
                              struct fm_error *err)
@@ -374,10 +401,7 @@ static fm_status sync_active(struct fm_wal *wal, const char *why,
         return readonly_error(wal, err);
     }
     pthread_mutex_lock(&wal->mu);
-    if (target > wal->durable_lsn)
-        wal->durable_lsn = target;
-    wal->n_fsyncs++;
-    wal->last_fsync_us = fm_now_us();
+    synced_locked(wal, target, 0);
     pthread_mutex_unlock(&wal->mu);
     return FM_OK;
 }
@@ -444,6 +468,7 @@ static void *sync_thread_main(void *arg)
          * itself, so syncing it again here is merely redundant.
          */
         uint64_t target = wal->written_lsn;
+        int64_t started = fm_monotonic_us();
         int fd = dup(wal->seg_fd);
         pthread_mutex_unlock(&wal->mu);
         int rc = fd < 0 ? -1 : wal->io->fdatasync(wal->io->ctx, fd);
@@ -452,10 +477,7 @@ static void *sync_thread_main(void *arg)
             close(fd);
         pthread_mutex_lock(&wal->mu);
         if (rc == 0) {
-            if (target > wal->durable_lsn)
-                wal->durable_lsn = target;
-            wal->n_fsyncs++;
-            wal->last_fsync_us = fm_now_us();
+            synced_locked(wal, target, started);
             continue;
         }
         uint64_t first = wal->durable_lsn + 1;
@@ -863,6 +885,10 @@ fm_status fm_wal_open(const struct fm_wal_options *opts,
         wal->io = opts->io;
     wal->fsync = opts->fsync;
     wal->prealloc = !opts->no_prealloc;
+    wal->max_lag_us =
+        (int64_t)(opts->everysec_max_lag_ms != 0 ? opts->everysec_max_lag_ms
+                                                 : FM_WAL_EVERYSEC_MAX_LAG_MS) *
+        1000;
     st = lock_dir(wal, err);
     if (st != FM_OK)
         goto fail;
@@ -1112,6 +1138,31 @@ static int preallocate(struct fm_wal *wal, uint64_t end, int *e_out)
     return 0;
 }
 
+/*
+ * everysec: true when the oldest acknowledged write that is not yet durable
+ * is older than max_lag_us, so this group must be synced before its replies
+ * go out. Logs the first of each run of such flushes.
+ */
+static bool everysec_lagging(struct fm_wal *wal)
+{
+    pthread_mutex_lock(&wal->mu);
+    int64_t since = wal->dirty_since_us;
+    pthread_mutex_unlock(&wal->mu);
+    int64_t age = since == 0 ? 0 : fm_monotonic_us() - since;
+    if (since == 0 || age <= wal->max_lag_us) {
+        wal->lag_logged = false;
+        return false;
+    }
+    if (!wal->lag_logged)
+        fm_wal_log(wal->log_fn, wal->log_ctx, FM_LOG_WARNING,
+                   "the background fdatasync of the wal in %s is %.1f s "
+                   "behind: writes wait for an fdatasync of their own until "
+                   "it catches up (is the disk slow?)",
+                   wal->dir, (double)age / 1e6);
+    wal->lag_logged = true;
+    return true;
+}
+
 fm_status fm_wal_flush(struct fm_wal *wal, struct fm_error *err)
 {
     if (atomic_load(&wal->readonly)) {
@@ -1143,8 +1194,9 @@ fm_status fm_wal_flush(struct fm_wal *wal, struct fm_error *err)
         preallocate(wal, end, &e) != 0)
         return fail_group(wal, "write of preallocated zeros", e, first, last,
                           err);
-    if (wal->fsync == FM_WAL_FSYNC_ALWAYS &&
-        wal->io->fdatasync(wal->io->ctx, wal->seg_fd) != 0)
+    bool lagging = wal->fsync == FM_WAL_FSYNC_EVERYSEC && everysec_lagging(wal);
+    bool sync = wal->fsync == FM_WAL_FSYNC_ALWAYS || lagging;
+    if (sync && wal->io->fdatasync(wal->io->ctx, wal->seg_fd) != 0)
         return fail_group(wal, "fdatasync", errno, first, last, err);
     wal->seg_off += wal->pending.len;
     struct wal_segment *seg = active_seg(wal);
@@ -1155,10 +1207,11 @@ fm_status fm_wal_flush(struct fm_wal *wal, struct fm_error *err)
     wal->written_lsn = last;
     wal->bytes_written += wal->pending.len;
     wal->n_flushes++;
-    if (wal->fsync == FM_WAL_FSYNC_ALWAYS) {
-        wal->durable_lsn = last;
-        wal->n_fsyncs++;
-        wal->last_fsync_us = fm_now_us();
+    if (sync) {
+        synced_locked(wal, last, 0);
+        wal->n_lag_syncs += lagging;
+    } else if (wal->dirty_since_us == 0) {
+        wal->dirty_since_us = fm_monotonic_us();
     }
     pthread_mutex_unlock(&wal->mu);
     drop_pending(wal);
@@ -1244,6 +1297,7 @@ void fm_wal_get_stats(struct fm_wal *wal, struct fm_wal_stats *out)
     out->bytes_written = wal->bytes_written;
     out->n_flushes = wal->n_flushes;
     out->n_fsyncs = wal->n_fsyncs;
+    out->n_lag_syncs = wal->n_lag_syncs;
     out->last_fsync_us = wal->last_fsync_us;
     out->readonly = atomic_load(&wal->readonly);
     if (out->readonly) {

@@ -32,6 +32,9 @@ struct fm_wal_iter;
 
 /* Default size at which the active segment is closed and a new one begun. */
 #define FM_WAL_SEGMENT_SIZE_DEFAULT ((uint64_t)64 << 20)
+/* Under everysec, how far acknowledged writes may run ahead of the last
+ * completed fdatasync before a flush syncs itself (Redis waits after 2 s). */
+#define FM_WAL_EVERYSEC_MAX_LAG_MS 2000
 /* Zeros kept written ahead of the last record under fsync always. */
 #define FM_WAL_PREALLOC_STEP ((uint64_t)1 << 20)
 
@@ -98,7 +101,9 @@ struct fm_wal_options {
     uint64_t start_lsn;
     bool force_recovery; /* skip and count bad records (SPEC 4) */
     bool no_prealloc;    /* no zero-filled tail under always (wal.c) */
-    fm_log_fn log_fn;    /* optional: recovery notes, failures */
+    /* everysec: 0 means FM_WAL_EVERYSEC_MAX_LAG_MS (see wal.c) */
+    uint32_t everysec_max_lag_ms;
+    fm_log_fn log_fn; /* optional: recovery notes, failures */
     void *log_ctx;
     const struct fm_wal_io *io; /* NULL means fm_wal_io_default() */
 };
@@ -251,6 +256,7 @@ struct fm_wal_stats {
     uint64_t bytes_written;  /* record bytes written since open */
     uint64_t n_flushes;      /* flushes that wrote something */
     uint64_t n_fsyncs;       /* fdatasync calls that succeeded */
+    uint64_t n_lag_syncs;    /* everysec: flushes that synced themselves */
     size_t n_segments;       /* segment files, the active one included */
     uint64_t total_bytes;    /* bytes in all segment files */
     uint64_t active_bytes;   /* bytes in the active segment */
