@@ -208,6 +208,8 @@ struct fm_persist_stats {
     uint64_t wal_bytes;   /* bytes in WAL segments */
     uint64_t wal_segments;
     uint64_t wal_since_snapshot_bytes;
+    uint64_t wal_fsyncs;    /* fdatasyncs of the WAL that succeeded */
+    uint64_t wal_lag_syncs; /* everysec flushes that synced themselves */
     bool readonly;
     char readonly_reason[FM_ERROR_MSG_CAP];
     bool bgsave_in_progress;

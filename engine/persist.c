@@ -666,6 +666,8 @@ void fm_engine_persist_stats(const struct fm_engine *e,
     out->durable_lsn = ws.durable_lsn;
     out->wal_bytes = ws.total_bytes;
     out->wal_segments = ws.n_segments;
+    out->wal_fsyncs = ws.n_fsyncs;
+    out->wal_lag_syncs = ws.n_lag_syncs;
     out->wal_since_snapshot_bytes = ws.bytes_written - e->wal_bytes_at_save;
 }
 

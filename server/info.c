@@ -166,6 +166,8 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
         "wal_bytes:%llu\r\n"
         "wal_segments:%llu\r\n"
         "wal_since_snapshot_bytes:%llu\r\n"
+        "wal_fsyncs:%llu\r\n"
+        "wal_lag_syncs:%llu\r\n"
         "readonly:%d\r\n"
         "readonly_reason:%s\r\n"
         "changes_since_last_snapshot:%llu\r\n"
@@ -188,8 +190,9 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
         ps.enabled, fm_fsync_policy_name(ps.fsync),
         (unsigned long long)ps.next_lsn, (unsigned long long)ps.durable_lsn,
         (unsigned long long)ps.wal_bytes, (unsigned long long)ps.wal_segments,
-        (unsigned long long)ps.wal_since_snapshot_bytes, ps.readonly,
-        ps.readonly ? ps.readonly_reason : "",
+        (unsigned long long)ps.wal_since_snapshot_bytes,
+        (unsigned long long)ps.wal_fsyncs, (unsigned long long)ps.wal_lag_syncs,
+        ps.readonly, ps.readonly ? ps.readonly_reason : "",
         (unsigned long long)ps.changes_since_save, ps.bgsave_in_progress,
         (long long)ps.last_save_time_s,
         ps.last_save_time_s == 0 ? "none"
