@@ -26,10 +26,21 @@
  * Every handler appends exactly one top-level value to the reply (SHUTDOWN
  * none, as in Redis), which is then encoded onto the client's output.
  *
+ * The lookup of step 1 is a small open-addressing hash of the table
+ * (struct fm_command_index, built when the server starts) keyed by length
+ * and first and last letters, then one case-insensitive comparison: a
+ * linear scan with strncasecmp per entry cost about 2% of a pipelined
+ * UPSERT benchmark.
+ *
  * Statistics: every request counts in total_commands; each table entry
  * (and one "other" slot for engine commands the table lacks) counts calls,
  * microseconds, failed calls (the reply is an error) and rejected calls
- * (refused before running), as Redis' commandstats.
+ * (refused before running), as Redis' commandstats. The clock is read once
+ * per command that runs: its reading ends this command and starts the
+ * next one of the same read (the first starts at the read), so a command's
+ * time includes parsing it and encoding the previous reply. Reading the
+ * clock before and after each command cost about 4% of that benchmark on
+ * a paravirtualised guest.
  *
  * Group commit (SPEC section 4, docs/durability.md): once a command of the
  * current loop turn has written, every client that runs a command before
@@ -155,12 +166,58 @@ size_t fm_command_count(void)
     return FM_ARRAY_LEN(fm_command_defs);
 }
 
-const struct fm_command_def *fm_command_lookup(const uint8_t *name, size_t len)
+static uint8_t fold_upper(uint8_t ch)
 {
+    return ch >= 'a' && ch <= 'z' ? (uint8_t)(ch - 32) : ch;
+}
+
+/* The slot where the probe for a name starts: a mix of its length and its
+ * first and last letters, case folded. Names that share a slot follow each
+ * other (linear probing). */
+static size_t index_hash(const uint8_t *name, size_t len)
+{
+    size_t h = len * 7 + (size_t)fold_upper(name[0]) * 31 +
+               (size_t)fold_upper(name[len - 1]) * 131;
+    return h & (FM_COMMAND_INDEX_SLOTS - 1);
+}
+
+void fm_command_index_init(struct fm_command_index *idx)
+{
+    FM_ASSERT(FM_ARRAY_LEN(fm_command_defs) < FM_COMMAND_INDEX_SLOTS);
+    memset(idx, 0, sizeof(*idx));
     for (size_t i = 0; i < FM_ARRAY_LEN(fm_command_defs); i++) {
         const char *n = fm_command_defs[i].name;
-        if (strlen(n) == len && strncasecmp(n, (const char *)name, len) == 0)
-            return &fm_command_defs[i];
+        size_t h = index_hash((const uint8_t *)n, strlen(n));
+        while (idx->slot[h] != 0)
+            h = (h + 1) & (FM_COMMAND_INDEX_SLOTS - 1);
+        idx->slot[h] = (uint8_t)(i + 1);
+    }
+}
+
+/* True when name[0, len) is the upper-case, NUL-terminated def, ignoring
+ * the case of name. */
+static bool name_matches(const char *def, const uint8_t *name, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (def[i] == '\0' || (uint8_t)def[i] != fold_upper(name[i]))
+            return false;
+    }
+    return def[len] == '\0';
+}
+
+const struct fm_command_def *
+fm_command_lookup(const struct fm_command_index *idx, const uint8_t *name,
+                  size_t len)
+{
+    if (len == 0)
+        return NULL;
+    /* The table holds fewer names than slots, so an empty slot ends every
+     * probe sequence. */
+    for (size_t h = index_hash(name, len); idx->slot[h] != 0;
+         h = (h + 1) & (FM_COMMAND_INDEX_SLOTS - 1)) {
+        const struct fm_command_def *cmd = &fm_command_defs[idx->slot[h] - 1];
+        if (name_matches(cmd->name, name, len))
+            return cmd;
     }
     return NULL;
 }
@@ -346,9 +403,12 @@ static bool admit_command(struct fm_client *c, const struct fm_command_def *cmd,
                      "wrong number of arguments for '%s' command", name);
         return false;
     }
-    /* DELETE is let through, as Redis lets DEL through: it frees memory. */
-    if (engine && fm_engine_command_is_write(a->argv[0], a->argv_len[0]) &&
-        !arg_is(a, 0, "DELETE") && is_over_maxmemory(c->srv)) {
+    /* DELETE is let through, as Redis lets DEL through: it frees memory.
+     * The memory test comes first: it is the cheap one, and false unless
+     * maxmemory is set. */
+    if (engine && is_over_maxmemory(c->srv) &&
+        fm_engine_command_is_write(a->argv[0], a->argv_len[0]) &&
+        !arg_is(a, 0, "DELETE")) {
         reply_errorf(r, FM_ERR_OOM,
                      "command not allowed when used memory > 'maxmemory' "
                      "(%zu > %lld bytes)",
@@ -391,7 +451,7 @@ void fm_client_execute(struct fm_client *c, const struct fm_args *a)
     bool began_multi = false;
     fm_reply_reset(r);
     const struct fm_command_def *cmd =
-        fm_command_lookup(a->argv[0], a->argv_len[0]);
+        fm_command_lookup(&srv->cmd_index, a->argv[0], a->argv_len[0]);
     bool engine = cmd != NULL
                       ? (cmd->flags & FM_CMD_ENGINE) != 0
                       : fm_engine_has_command(a->argv[0], a->argv_len[0]);
@@ -426,12 +486,16 @@ void fm_client_execute(struct fm_client *c, const struct fm_args *a)
         goto out;
     }
     bool was_multi = (c->flags & FM_CLIENT_MULTI) != 0;
-    int64_t t0 = fm_monotonic_us();
     if (engine)
         fm_engine_exec(srv->engine, a->argc, a->argv, a->argv_len, r);
     else
         cmd->fn(c, a, r);
-    stat->usec += (uint64_t)(fm_monotonic_us() - t0);
+    /* One clock reading per command: it ends this command and starts the
+     * next one of the batch (the caller set cmd_clock_us at the read), so
+     * parsing and encoding between commands count towards the next. */
+    int64_t now_us = fm_monotonic_us();
+    stat->usec += (uint64_t)(now_us - srv->cmd_clock_us);
+    srv->cmd_clock_us = now_us;
     stat->calls++;
     bool failed = reply_is_error(r);
     if (failed) {
@@ -860,8 +924,8 @@ static void cmd_command(struct fm_client *c, const struct fm_args *a,
     } else if (arg_is(a, 1, "INFO")) {
         fm_reply_array(r, a->argc - 2);
         for (size_t i = 2; i < a->argc; i++) {
-            const struct fm_command_def *cmd =
-                fm_command_lookup(a->argv[i], a->argv_len[i]);
+            const struct fm_command_def *cmd = fm_command_lookup(
+                &c->srv->cmd_index, a->argv[i], a->argv_len[i]);
             if (cmd != NULL)
                 reply_command_info(cmd, r);
             else
@@ -909,8 +973,8 @@ static void cmd_discard(struct fm_client *c, const struct fm_args *a,
 static void count_queued(struct fm_server *srv, const struct fm_client *c)
 {
     for (size_t i = 0; i < c->n_multi; i++) {
-        const struct fm_command_def *cmd =
-            fm_command_lookup(c->multi[i].argv[0], c->multi[i].argv_len[0]);
+        const struct fm_command_def *cmd = fm_command_lookup(
+            &srv->cmd_index, c->multi[i].argv[0], c->multi[i].argv_len[0]);
         size_t slot = cmd != NULL ? (size_t)(cmd - fm_command_defs)
                                   : FM_ARRAY_LEN(fm_command_defs);
         srv->cmd_stats[slot].calls++;

@@ -436,6 +436,8 @@ static void on_readable(struct fm_ae *ae, int fd, void *data, int mask)
         return;
     if (n == 0)
         return;
+    /* The first command of the batch starts at the read (commandstats). */
+    srv->cmd_clock_us = c->last_io_us;
     size_t used = process_input(c, buf->data, buf->len);
     size_t left = buf->len - used;
     if (is_closing(c)) {
@@ -493,10 +495,12 @@ void fm_client_append_reply(struct fm_client *c, const struct fm_reply *r)
 static void on_writable(struct fm_ae *ae, int fd, void *data, int mask);
 
 /*
- * Writes out[out_sent, out_ready). Returns false when the client was freed
- * (write error, or everything written and the client was to be closed).
+ * Writes out[out_sent, out_ready), now_us being the time for last_io_us
+ * (one clock reading serves all the clients of a turn). Returns false
+ * when the client was freed (write error, or everything written and the
+ * client was to be closed).
  */
-static bool write_client(struct fm_client *c)
+static bool write_client(struct fm_client *c, int64_t now_us)
 {
     struct fm_server *srv = c->srv;
     while (c->out_sent < c->out_ready) {
@@ -515,7 +519,7 @@ static bool write_client(struct fm_client *c)
         }
         c->out_sent += (size_t)n;
         srv->net_output_bytes += (uint64_t)n;
-        c->last_io_us = fm_monotonic_us();
+        c->last_io_us = now_us;
     }
     if (c->out_sent == c->out.len) {
         c->out.len = c->out_sent = c->out_ready = 0;
@@ -547,7 +551,7 @@ static void on_writable(struct fm_ae *ae, int fd, void *data, int mask)
     (void)ae;
     (void)fd;
     (void)mask;
-    write_client(data);
+    write_client(data, fm_monotonic_us());
 }
 
 void fm_client_end_turn(struct fm_client *c, const char *fail_msg)
@@ -578,6 +582,7 @@ void fm_client_end_turn(struct fm_client *c, const char *fail_msg)
 
 void fm_server_flush_clients(struct fm_server *srv)
 {
+    int64_t now_us = fm_monotonic_us();
     while (srv->pending != NULL) {
         struct fm_client *c = srv->pending;
         remove_pending(c);
@@ -589,6 +594,6 @@ void fm_server_flush_clients(struct fm_server *srv)
          * release the turn's output. */
         FM_ASSERT(!c->turn_marked);
         c->out_ready = c->out.len;
-        write_client(c);
+        write_client(c, now_us);
     }
 }

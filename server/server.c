@@ -439,6 +439,7 @@ fm_status fm_server_new(struct fm_config *cfg, struct fm_server **out,
     st = fm_log_open(&srv->log, srv->cfg.logfile, err);
     if (st != FM_OK)
         goto fail;
+    fm_command_index_init(&srv->cmd_index);
     srv->cmd_stats = fm_calloc(fm_command_count() + 1, sizeof(*srv->cmd_stats));
     if (srv->cmd_stats == NULL) {
         st = fm_error_set(err, FM_ERR_NOMEM, "out of memory");

@@ -110,6 +110,15 @@ struct fm_command_def {
     const char *summary; /* one line, for HELP and COMMAND DOCS */
 };
 
+/* Open-addressing hash of the command table by name: slot holds a table
+ * index plus one (0 = empty), found by hashing the length and the first
+ * and last letters, case folded. */
+#define FM_COMMAND_INDEX_SLOTS 128
+
+struct fm_command_index {
+    uint8_t slot[FM_COMMAND_INDEX_SLOTS];
+};
+
 struct fm_command_stat {
     uint64_t calls;
     uint64_t usec;
@@ -159,6 +168,12 @@ struct fm_server {
      * flushed since: every command run from now until the flush gets its
      * client marked (struct fm_client, turn_mark). */
     bool turn_wrote;
+    /* Monotonic time at which the command about to run is taken to start:
+     * the time of the read that brought it, or the end of the command
+     * before it in the same batch (commandstats usec). */
+    int64_t cmd_clock_us;
+    /* fm_command_lookup's hash of the command table, built at start-up. */
+    struct fm_command_index cmd_index;
 };
 
 /* ---- network.c -------------------------------------------------------- */
@@ -201,8 +216,14 @@ void fm_client_shrink(struct fm_client *c);
 extern const struct fm_command_def fm_command_defs[];
 size_t fm_command_count(void);
 
-/* Looks up a command by name (case-insensitive); NULL when unknown. */
-const struct fm_command_def *fm_command_lookup(const uint8_t *name, size_t len);
+/* Fills idx with the hash of the command table (once, at start-up). */
+void fm_command_index_init(struct fm_command_index *idx);
+
+/* Looks up a command by name (case-insensitive) in idx; NULL when
+ * unknown. */
+const struct fm_command_def *
+fm_command_lookup(const struct fm_command_index *idx, const uint8_t *name,
+                  size_t len);
 
 /* Runs one request of a client, appending its reply to the client's output
  * (MULTI queuing, AUTH, arity and maxmemory checks included). */

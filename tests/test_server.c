@@ -13,7 +13,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server/server.h"
@@ -462,6 +464,46 @@ Test(server, unknown_command_error_names_it_and_its_args, .init = start,
     redisFree(c);
 }
 
+Test(server, command_names_are_found_in_any_case_and_near_misses_are_not,
+     .init = start, .fini = stop)
+{
+    redisContext *c = connect_client();
+    redisReply *list = command(c, "COMMAND LIST");
+    cr_assert_eq(list->type, REDIS_REPLY_ARRAY);
+    for (size_t i = 0; i < list->elements; i++) {
+        char upper[32];
+        char mixed[32];
+        const char *name = list->element[i]->str;
+        size_t n = strlen(name);
+        cr_assert_lt(n, sizeof(upper));
+        for (size_t k = 0; k <= n; k++) {
+            char ch = name[k];
+            upper[k] = (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : ch;
+            mixed[k] = k % 2 == 0 ? upper[k] : ch;
+        }
+        redisReply *r = command(c, "COMMAND INFO %s %s %s", name, upper, mixed);
+        cr_assert_eq(r->elements, 3);
+        for (size_t k = 0; k < 3; k++) {
+            cr_assert_eq(r->element[k]->type, REDIS_REPLY_ARRAY, "%s (%zu)",
+                         name, k);
+            cr_assert_str_eq(r->element[k]->element[0]->str, name);
+        }
+        freeReplyObject(r);
+    }
+    freeReplyObject(list);
+    /* A prefix, an extension, a shared first and last letter, a name one
+     * letter off, and bytes that fold like letters but are not. */
+    redisReply *r =
+        command(c, "COMMAND INFO pin pingg pg peng GE INSERTS exek %s %b",
+                "P\x09NG", "PING\0", (size_t)5);
+    cr_assert_eq(r->elements, 9);
+    for (size_t k = 0; k < r->elements; k++)
+        cr_assert_eq(r->element[k]->type, REDIS_REPLY_NIL, "near miss %zu", k);
+    freeReplyObject(r);
+    expect_status(c, "PONG", "pInG");
+    redisFree(c);
+}
+
 /* ---- INFO and CONFIG ----------------------------------------------------- */
 
 static void check_info_format(const char *text)
@@ -516,6 +558,52 @@ Test(server, info_has_redis_style_sections, .init = start, .fini = stop)
     cr_assert(strstr(r->str, "# Commandstats") != NULL);
     check_info_format(r->str);
     freeReplyObject(r);
+    redisFree(c);
+}
+
+static long long monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The usec of a command in INFO commandstats, or -1. */
+static long long cmdstat_usec(redisContext *c, const char *name)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "cmdstat_%s:", name);
+    redisReply *r = command(c, "INFO commandstats");
+    const char *p = strstr(r->str, key);
+    const char *u = p != NULL ? strstr(p, "usec=") : NULL;
+    long long usec = u != NULL ? atoll(u + 5) : -1;
+    freeReplyObject(r);
+    return usec;
+}
+
+Test(server, commandstats_time_falls_within_the_time_the_commands_took,
+     .init = start, .fini = stop)
+{
+    redisContext *c = connect_client();
+    expect_status(c, "PONG", "PING");
+    cr_assert_geq(cmdstat_usec(c, "ping"), 0);
+    expect_status(c, "OK", "CONFIG RESETSTAT");
+    /* An idle gap before the batch must not count: a pause, not a wait for
+     * an event, since the idle time itself is what is tested. */
+    struct timespec gap = {0, 50 * 1000 * 1000};
+    nanosleep(&gap, NULL);
+    long long t0 = monotonic_us();
+    for (int i = 0; i < 100; i++)
+        redisAppendCommand(c, "PING");
+    for (int i = 0; i < 100; i++) {
+        redisReply *r = NULL;
+        cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK);
+        freeReplyObject(r);
+    }
+    long long elapsed = monotonic_us() - t0;
+    long long usec = cmdstat_usec(c, "ping");
+    cr_assert(usec >= 0 && usec <= elapsed, "usec=%lld, elapsed %lld us", usec,
+              elapsed);
     redisFree(c);
 }
 
