@@ -7,10 +7,13 @@
  * make any allocation fail, which is how every FM_ERR_NOMEM path is tested.
  * That hook is the one mutable global of the project (STYLE.md section 5).
  */
+/* MAP_ANONYMOUS and MAP_POPULATE are not in POSIX 2008. */
+#define _DEFAULT_SOURCE
 #include "engine/base.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 
 static fm_alloc_fail_fn alloc_fail_fn;
@@ -148,6 +151,21 @@ void *fm_realloc(void *p, size_t size)
 void fm_free(void *p)
 {
     free(p);
+}
+
+void *fm_map_populated(size_t size)
+{
+    if (size == 0 || alloc_should_fail(size))
+        return NULL;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void fm_unmap(void *p, size_t size)
+{
+    if (p != NULL)
+        munmap(p, size);
 }
 
 fm_status fm_buf_reserve(struct fm_buf *b, size_t extra)

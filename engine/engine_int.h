@@ -31,14 +31,24 @@
 #define FM_SLAB_MAX        512
 #define FM_SLAB_CLASSES    (FM_SLAB_MAX / 8)
 #define FM_SLAB_CHUNK_SIZE (64 * 1024)
+#define FM_SLAB_MAP_MAX    ((size_t)4 << 20) /* largest mapping of chunks */
+
+/* A populated mapping that chunks are taken from (table.c). */
+struct fm_slab_map {
+    uint8_t *p;
+    size_t bytes;
+};
 
 struct fm_slab {
     void *free_list[FM_SLAB_CLASSES]; /* per class: freed blocks, linked */
     uint8_t *chunk;                   /* the chunk being carved */
     size_t chunk_used;                /* bytes carved from it */
-    void **chunks;                    /* every chunk, for release */
-    size_t n_chunks;
-    size_t chunks_cap;
+    size_t n_chunks;                  /* chunks handed out */
+    struct fm_slab_map *maps;         /* every mapping, for release */
+    size_t n_maps;
+    size_t maps_cap;
+    size_t map_bytes;   /* bytes mapped in all of them */
+    size_t map_used;    /* bytes of the last one handed out as chunks */
     size_t large_bytes; /* bytes in records above FM_SLAB_MAX */
     size_t used_bytes;  /* bytes in live records (class-rounded) */
 };

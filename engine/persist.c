@@ -48,9 +48,6 @@
  * snapshot commits, snapshots beyond snapshot.keep are deleted and WAL
  * segments older than the oldest kept snapshot go with them.
  */
-/* MAP_ANONYMOUS and MAP_POPULATE (for the scratch arrays of bulk index
- * builds) are not in POSIX 2008. */
-#define _DEFAULT_SOURCE
 #include "engine/engine_int.h"
 
 #include <errno.h>
@@ -59,7 +56,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -788,21 +784,14 @@ static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
      * page at a time (12-17 us each on the virtual machines measured, a
      * quarter of a 10M-row recovery). Small ones reuse the worker's buffer.
      */
-    void *mapped = NULL;
-    if (bytes >= SCRATCH_MAP_BYTES) {
-        mapped = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        if (mapped == MAP_FAILED)
-            mapped = NULL;
-    }
+    void *mapped = bytes >= SCRATCH_MAP_BYTES ? fm_map_populated(bytes) : NULL;
     ents->len = 0;
     if (mapped == NULL && fm_buf_reserve(ents, bytes) != FM_OK)
         return FM_ERR_NOMEM;
     struct short_key *v =
         mapped != NULL ? mapped : (struct short_key *)(void *)ents->data;
     fm_status st = build_short_keys(t, ix, v, n, eb, done_out);
-    if (mapped != NULL)
-        munmap(mapped, bytes);
+    fm_unmap(mapped, bytes);
     return st;
 }
 
