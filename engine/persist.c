@@ -834,6 +834,10 @@ static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
 {
     struct fm_row row;
     bool done;
+    /* Node memory in one populated block (btree.c); without it the nodes
+     * come from malloc, slower but the same tree. */
+    if (t->n_rows >= SCRATCH_MAP_BYTES / 2048)
+        (void)fm_btree_reserve(ix->bt, (size_t)t->n_rows);
     fm_status st = build_btree_short(t, ix, ents, key, &done);
     if (st != FM_OK || done)
         return st;

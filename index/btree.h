@@ -29,6 +29,15 @@ fm_status fm_btree_new(fm_key_fn key_fn, void *ctx, bool unique,
 void fm_btree_free(struct fm_btree *t);
 
 /*
+ * Maps, populated at once, memory for the nodes of n_entries appended in
+ * order (a bulk build), so that the build does not fault in a page at a
+ * time (btree.c, "Node memory"). Does nothing if the tree already has such
+ * a block. FM_ERR_NOMEM leaves the tree as it was; nodes then come from
+ * malloc as usual.
+ */
+fm_status fm_btree_reserve(struct fm_btree *t, size_t n_entries);
+
+/*
  * Adds the entry (key, rowid). key is the row's key, passed by the caller
  * (the row may not yet be visible to key_fn). FM_ERR_UNIQUE when the tree is
  * unique and holds an equal key, or already holds this very (key, rowid)

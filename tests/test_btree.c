@@ -310,11 +310,16 @@ static void random_bound(struct fm_btree_bound *b, uint8_t *buf, bool long_keys)
  * One random run: inserts, removes, finds and ranges against the model,
  * checking the whole tree after every mutation when check_each is set.
  */
+/* Entries to reserve node memory for before a random run (0: none). */
+static size_t random_reserve;
+
 static void random_run(bool unique, bool long_keys, size_t n_ops,
                        bool check_each)
 {
     struct fm_btree *t;
     cr_assert(fm_btree_new(key_cb, store, unique, &t) == FM_OK);
+    if (random_reserve > 0)
+        cr_assert(fm_btree_reserve(t, random_reserve) == FM_OK);
     uint8_t buf[32];
     uint8_t lo_buf[32];
     uint8_t hi_buf[32];
@@ -380,6 +385,16 @@ Test(btree, random_long_keys_non_unique_match_model)
 Test(btree, large_random_run_matches_model)
 {
     random_run(false, false, 30000, false);
+}
+
+/* A block too small for the run: nodes from the block, from its free list
+ * and from malloc live side by side and are freed each their own way. */
+Test(btree, random_run_over_a_small_reserved_block_matches_model)
+{
+    random_reserve = 2000;
+    random_run(false, false, 12000, true);
+    random_run(true, true, 5000, true);
+    random_reserve = 0;
 }
 
 static void be_key(uint8_t *buf, uint64_t v)
@@ -1334,5 +1349,49 @@ Test(btree, random_inserts_against_model_fill_nodes_over_80_percent)
     double per_entry = (double)fm_btree_memory_bytes(t) / (double)n;
     cr_assert(per_entry <= 20.5, "seed %llu: %.2f bytes per entry",
               (unsigned long long)seed, per_entry);
+    fm_btree_free(t);
+}
+
+/* fm_btree_reserve: a bulk build from the block allocates nothing, nodes
+ * freed later are reused, and a failed reserve changes nothing. */
+Test(btree, reserved_block_holds_a_bulk_build_and_reuses_freed_nodes)
+{
+    struct fm_btree *t;
+    cr_assert(fm_btree_new(rowid_key_cb, NULL, true, &t) == FM_OK);
+    bool asked = false;
+    fm_set_alloc_fail_hook(fail_every, &asked);
+    cr_assert(fm_btree_reserve(t, 50000) == FM_ERR_NOMEM);
+    fm_set_alloc_fail_hook(NULL, NULL);
+    size_t empty = fm_btree_memory_bytes(t);
+    cr_assert(fm_btree_reserve(t, 50000) == FM_OK);
+    cr_assert_gt(fm_btree_memory_bytes(t), empty + 50000 * 16);
+    uint8_t k[8];
+    be_key(k, 0);
+    cr_assert(fm_btree_append(t, k, 8, 0) == FM_OK); /* grows scratch */
+    asked = false;
+    fm_set_alloc_fail_hook(fail_every, &asked);
+    for (uint64_t i = 1; i < 50000; i++) {
+        be_key(k, 2 * i);
+        fm_status st = fm_btree_append(t, k, 8, 2 * i);
+        cr_assert(st == FM_OK, "append %llu: %s", (unsigned long long)i,
+                  fm_status_name(st));
+    }
+    fm_set_alloc_fail_hook(NULL, NULL);
+    cr_assert(!asked, "the bulk build allocated");
+    check_rowid_tree(t, 50000);
+    /* Removing most entries frees nodes into the block's free list. */
+    for (uint64_t i = 0; i < 50000; i++)
+        if (i % 10 != 0)
+            cr_assert(remove_rowid(t, 2 * i));
+    check_rowid_tree(t, 5000);
+    /* Inserts that split nodes take freed slots, not malloc. */
+    asked = false;
+    fm_set_alloc_fail_hook(fail_every, &asked);
+    for (uint64_t i = 0; i < 50000; i += 10)
+        for (uint64_t j = 1; j <= 4; j++)
+            cr_assert(insert_rowid(t, 2 * (i + j)) == FM_OK);
+    fm_set_alloc_fail_hook(NULL, NULL);
+    cr_assert(!asked, "inserts allocated with freed slots at hand");
+    check_rowid_tree(t, 25000);
     fm_btree_free(t);
 }
