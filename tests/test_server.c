@@ -1068,6 +1068,11 @@ Test(server, writes_survive_a_restart_and_snapshots_work, .init = make_data_dir,
     cr_assert(strstr(r->str, "wal_enabled:1\r\n") != NULL, "%s", r->str);
     cr_assert(strstr(r->str, "fsync:always\r\n") != NULL);
     cr_assert(strstr(r->str, "last_snapshot_status:ok\r\n") != NULL);
+    /* Two inserts under always: at least two fdatasyncs, and none of them
+     * forced by a lagging background fsync (there is none under always). */
+    const char *f = strstr(r->str, "wal_fsyncs:");
+    cr_assert(f != NULL && atoll(f + strlen("wal_fsyncs:")) >= 2, "%s", r->str);
+    cr_assert(strstr(r->str, "wal_lag_syncs:0\r\n") != NULL, "%s", r->str);
     freeReplyObject(r);
     r = command(c, "BGSAVE");
     cr_assert(r->type == REDIS_REPLY_STATUS ||
