@@ -135,6 +135,8 @@ struct fm_engine {
     uint64_t child_dirty;  /* changes_since_save when it forked */
     uint64_t child_wal_at; /* WAL bytes written when it forked */
     uint64_t last_lsn;     /* LSN of the last record appended */
+    int64_t load_rows_us;  /* recovery: placing the snapshot's rows */
+    int64_t load_index_us; /* recovery: building the indexes */
     uint64_t save_lsn;     /* LSN of the newest snapshot */
     uint64_t wal_bytes_at_save;
     int64_t last_save_mono_us;

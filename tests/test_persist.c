@@ -673,3 +673,31 @@ Test(persist, bulk_index_builds_handle_short_and_long_keys)
     cr_assert_eq(ps.recovered_rows, 3000, "all rows came from the snapshot");
     fm_engine_free(e);
 }
+
+static void keep_notice(void *ctx, enum fm_log_level level, const char *msg)
+{
+    if (level == FM_LOG_NOTICE && strstr(msg, "recovered") != NULL)
+        snprintf(ctx, FM_ERROR_MSG_CAP, "%s", msg);
+}
+
+/* The recovery line says where the time went, phase by phase. */
+Test(persist, recovery_logs_its_phases)
+{
+    struct fm_engine *e = open_db();
+    struct fm_error err = {0};
+    seed(e, 5);
+    cr_assert_eq(fm_engine_save(e, &err), FM_OK, "%s", err.msg);
+    ok(e, "INSERT artists name after");
+    flush(e);
+    fm_engine_free(e);
+    char line[FM_ERROR_MSG_CAP] = "";
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    o.log = keep_notice;
+    o.log_ctx = line;
+    e = open_db_with(&o);
+    cr_assert(strstr(line, "and 1 WAL records") != NULL, "%s", line);
+    cr_assert(strstr(line, "rows placed in") != NULL, "%s", line);
+    cr_assert(strstr(line, "indexes built in") != NULL, "%s", line);
+    cr_assert(strstr(line, "replayed in") != NULL, "%s", line);
+    fm_engine_free(e);
+}
