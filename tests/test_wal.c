@@ -445,24 +445,40 @@ static bool zeros_only(const uint8_t *p, size_t n)
     return true;
 }
 
-Test(wal, always_keeps_zeros_ahead_and_reopens_cleanly)
+/*
+ * Writes records 1..last in groups under fsync always into one segment of
+ * segment_size, closes the log and returns the segment file's bytes (len
+ * in *len, the end of its records in *records_end, its path in path).
+ */
+static uint8_t *always_segment(struct fm_wal_options *o, uint64_t segment_size,
+                               uint64_t last, size_t group, char path[512],
+                               size_t *len, uint64_t *records_end)
 {
-    struct fm_wal_options o = base_opts();
-    o.segment_size = 4 << 20;
-    o.fsync = FM_WAL_FSYNC_ALWAYS;
-    struct fm_wal *wal = open_ok(&o);
-    append_range(wal, 1, 200, 7);
+    *o = base_opts();
+    o->segment_size = segment_size;
+    o->fsync = FM_WAL_FSYNC_ALWAYS;
+    struct fm_wal *wal = open_ok(o);
+    append_range(wal, 1, last, group);
     struct fm_wal_stats stats;
     fm_wal_get_stats(wal, &stats);
+    cr_assert_eq(stats.n_segments, 1);
     fm_wal_close(wal);
+    *records_end = stats.active_bytes;
+    seg_path(path, 512, 1);
+    return read_whole(path, len);
+}
+
+Test(wal, always_keeps_zeros_ahead_and_reopens_cleanly)
+{
+    struct fm_wal_options o;
     char path[512];
-    seg_path(path, sizeof(path), 1);
     size_t len;
-    uint8_t *img = read_whole(path, &len);
+    uint64_t end;
+    uint8_t *img = always_segment(&o, 4 << 20, 200, 7, path, &len, &end);
     /* The records, then at least half a step of zeros. */
-    cr_assert_lt(stats.active_bytes, len);
-    cr_assert_geq(len - stats.active_bytes, FM_WAL_PREALLOC_STEP / 2);
-    cr_assert(zeros_only(img + stats.active_bytes, len - stats.active_bytes));
+    cr_assert_lt(end, len);
+    cr_assert_geq(len - end, FM_WAL_PREALLOC_STEP / 2);
+    cr_assert(zeros_only(img + end, len - end));
     free(img);
 
     /* The zeros are the clean end: nothing torn, nothing logged, and
@@ -470,7 +486,7 @@ Test(wal, always_keeps_zeros_ahead_and_reopens_cleanly)
     struct log_capture logs = {0};
     o.log_fn = capture_log;
     o.log_ctx = &logs;
-    wal = open_ok(&o);
+    struct fm_wal *wal = open_ok(&o);
     struct fm_wal_recovery rec;
     fm_wal_get_recovery(wal, &rec);
     cr_assert_eq(rec.torn_bytes, 0);
@@ -595,19 +611,12 @@ Test(wal, torn_tail_before_zeros_is_truncated)
  * never read as a record, cut as a torn tail. */
 Test(wal, garbage_inside_the_zeros_is_cut)
 {
-    struct fm_wal_options o = base_opts();
-    o.segment_size = 1 << 20;
-    o.fsync = FM_WAL_FSYNC_ALWAYS;
-    struct fm_wal *wal = open_ok(&o);
-    append_range(wal, 1, 30, 3);
-    struct fm_wal_stats stats;
-    fm_wal_get_stats(wal, &stats);
-    fm_wal_close(wal);
+    struct fm_wal_options o;
     char path[512];
-    seg_path(path, sizeof(path), 1);
     size_t len;
-    uint8_t *img = read_whole(path, &len);
-    size_t at = (size_t)stats.active_bytes + 5000;
+    uint64_t end;
+    uint8_t *img = always_segment(&o, 1 << 20, 30, 3, path, &len, &end);
+    size_t at = (size_t)end + 5000;
     cr_assert_lt(at, len);
     img[at] = 0x5a;
     write_whole(path, img, len);
@@ -615,11 +624,11 @@ Test(wal, garbage_inside_the_zeros_is_cut)
     struct log_capture logs = {0};
     o.log_fn = capture_log;
     o.log_ctx = &logs;
-    wal = open_ok(&o);
+    struct fm_wal *wal = open_ok(&o);
     struct fm_wal_recovery rec;
     fm_wal_get_recovery(wal, &rec);
     cr_assert_eq(rec.last_lsn, 30);
-    cr_assert_eq(rec.torn_bytes, len - stats.active_bytes);
+    cr_assert_eq(rec.torn_bytes, len - end);
     cr_assert(strstr(logs.last, "5001 of them data") != NULL, "%s", logs.last);
     expect_records(wal, 0, 1, 30);
     fm_wal_close(wal);
@@ -1263,17 +1272,11 @@ Test(wal, allocation_failure_at_each_step_is_reported_cleanly)
 
 Test(wal, check_dir_tells_preallocated_zeros_from_a_torn_tail)
 {
-    struct fm_wal_options o = base_opts();
-    o.segment_size = 1 << 20;
-    o.fsync = FM_WAL_FSYNC_ALWAYS;
-    struct fm_wal *wal = open_ok(&o);
-    append_range(wal, 1, 40, 4);
-    struct fm_wal_stats stats;
-    fm_wal_get_stats(wal, &stats);
-    fm_wal_close(wal);
+    struct fm_wal_options o;
     char path[512];
-    seg_path(path, sizeof(path), 1);
-    uint64_t len = file_size(path);
+    size_t len;
+    uint64_t end;
+    free(always_segment(&o, 1 << 20, 40, 4, path, &len, &end));
     struct reports rs = {0};
     struct fm_error err = {0};
     cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, collect_report, &rs, &err),
@@ -1282,7 +1285,7 @@ Test(wal, check_dir_tells_preallocated_zeros_from_a_torn_tail)
     cr_assert_eq(rs.r[0].st, FM_OK);
     cr_assert_eq(rs.r[0].last_lsn, 40);
     cr_assert_eq(rs.r[0].torn_bytes, 0);
-    cr_assert_eq(rs.r[0].zero_bytes, len - stats.active_bytes);
+    cr_assert_eq(rs.r[0].zero_bytes, len - end);
     cr_assert_eq(rs.r[0].size_bytes, len);
     uint64_t torn = 1;
     cr_assert_eq(fm_wal_fix_dir(dir, &torn, &err), FM_OK, "%s", err.msg);
