@@ -729,13 +729,23 @@ static struct short_key *radix_sort(struct short_key *v, struct short_key *tmp,
 {
     uint64_t all_or = 0;
     uint64_t all_and = UINT64_MAX;
+    uint64_t len_or = 0;
+    uint64_t len_and = UINT64_MAX;
     for (size_t i = 0; i < n; i++) {
         all_or |= v[i].packed;
         all_and &= v[i].packed;
+        len_or |= v[i].id_len;
+        len_and &= v[i].id_len;
     }
-    radix_pass(v, tmp, n, 0, true);
-    struct short_key *a = tmp;
-    struct short_key *b = v;
+    struct short_key *a = v;
+    struct short_key *b = tmp;
+    /* The pass on the length only when lengths differ (integer keys of
+     * one width, the common case, have one length). */
+    if (((len_or ^ len_and) & 0xff) != 0) {
+        radix_pass(v, tmp, n, 0, true);
+        a = tmp;
+        b = v;
+    }
     for (int shift = 0; shift < 64; shift += 8) {
         if (((all_or ^ all_and) >> shift & 0xff) == 0)
             continue; /* every key has the same byte here */
