@@ -186,6 +186,14 @@ void fm_table_free_record(struct fm_table *t, uint8_t *rec);
 void fm_table_decode(const struct fm_table *t, uint64_t id, const uint8_t *rec,
                      struct fm_row *row);
 
+/*
+ * Writes the encoded key of index ix for the stored record rec of row id
+ * into buf[0..cap), decoding only the columns the key needs; returns the
+ * key's full length, which may exceed cap (then buf holds its start).
+ */
+size_t fm_index_key_of_record(const struct fm_index *ix, uint64_t id,
+                              const uint8_t *rec, uint8_t *buf, size_t cap);
+
 /* Appends the encoded key of index ix for row values to b. FM_ERR_NOMEM. */
 fm_status fm_index_key(const struct fm_index *ix, const struct fm_row *row,
                        struct fm_buf *b);

@@ -775,13 +775,12 @@ static fm_status append_short_keys(struct fm_index *ix,
  * than 8 bytes and the general path must run instead. */
 static fm_status build_short_keys(struct fm_table *t, struct fm_index *ix,
                                   struct short_key *v, size_t n,
-                                  struct fm_buf *eb, bool *done_out);
+                                  bool *done_out);
 
 #define SCRATCH_MAP_BYTES ((size_t)16 << 20)
 
 static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
-                                   struct fm_buf *ents, struct fm_buf *eb,
-                                   bool *done_out)
+                                   struct fm_buf *ents, bool *done_out)
 {
     size_t n = (size_t)t->n_rows;
     size_t bytes;
@@ -800,7 +799,7 @@ static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
         return FM_ERR_NOMEM;
     struct short_key *v =
         mapped != NULL ? mapped : (struct short_key *)(void *)ents->data;
-    fm_status st = build_short_keys(t, ix, v, n, eb, done_out);
+    fm_status st = build_short_keys(t, ix, v, n, done_out);
     fm_unmap(mapped, bytes);
     return st;
 }
@@ -808,27 +807,20 @@ static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
 /* Fills v (room for 2n entries) with the short keys of every row and
  * appends them sorted; *done_out false when a key is too long. */
 static fm_status build_short_keys(struct fm_table *t, struct fm_index *ix,
-                                  struct short_key *v, size_t n,
-                                  struct fm_buf *eb, bool *done_out)
+                                  struct short_key *v, size_t n, bool *done_out)
 {
-    struct fm_row row;
-    uint8_t key[8];
     size_t k = 0;
     for (uint64_t id = 1; id < t->next_id; id++) {
         const uint8_t *rec = fm_table_record(t, id);
         if (rec == NULL)
             continue;
-        fm_table_decode(t, id, rec, &row);
-        eb->len = 0;
-        if (fm_index_key(ix, &row, eb) != FM_OK)
-            return FM_ERR_NOMEM;
-        if (eb->len > 8)
+        uint8_t key[8] = {0};
+        size_t len = fm_index_key_of_record(ix, id, rec, key, sizeof(key));
+        if (len > 8)
             return FM_OK; /* not done: use the general path */
-        memset(key, 0, 8);
-        memcpy(key, eb->data, eb->len);
         FM_ASSERT(k < n);
         v[k].packed = fm_load_be64(key);
-        v[k].id_len = id << 8 | eb->len;
+        v[k].id_len = id << 8 | len;
         k++;
     }
     struct short_key *sorted = radix_sort(v, v + n, k);
@@ -839,16 +831,14 @@ static fm_status build_short_keys(struct fm_table *t, struct fm_index *ix,
 /* Builds one B+tree from every row of its table: keys encoded once, sorted
  * once, appended in order. */
 static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
-                             struct fm_buf *keys, struct fm_buf *ents,
-                             struct fm_buf *key)
+                             struct fm_buf *keys, struct fm_buf *ents)
 {
-    struct fm_row row;
     bool done;
     /* Node memory in one populated block (btree.c); without it the nodes
      * come from malloc, slower but the same tree. */
     if (t->n_rows >= SCRATCH_MAP_BYTES / 2048)
         (void)fm_btree_reserve(ix->bt, (size_t)t->n_rows);
-    fm_status st = build_btree_short(t, ix, ents, key, &done);
+    fm_status st = build_btree_short(t, ix, ents, &done);
     if (st != FM_OK || done)
         return st;
     keys->len = 0;
@@ -857,13 +847,23 @@ static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
         const uint8_t *rec = fm_table_record(t, id);
         if (rec == NULL)
             continue;
-        fm_table_decode(t, id, rec, &row);
         struct key_entry ke;
         ke.k.off = keys->len;
         ke.id = id;
-        if (fm_index_key(ix, &row, keys) != FM_OK)
+        /* Written in place when it fits the spare room, else again after
+         * making room for it. */
+        if (fm_buf_reserve(keys, 64) != FM_OK)
             return FM_ERR_NOMEM;
-        ke.len = (uint32_t)(keys->len - ke.k.off);
+        size_t room = keys->cap - keys->len;
+        size_t len =
+            fm_index_key_of_record(ix, id, rec, keys->data + keys->len, room);
+        if (len > room) {
+            if (fm_buf_reserve(keys, len) != FM_OK)
+                return FM_ERR_NOMEM;
+            fm_index_key_of_record(ix, id, rec, keys->data + keys->len, len);
+        }
+        keys->len += len;
+        ke.len = (uint32_t)len;
         if (fm_buf_append(ents, &ke, sizeof(ke)) != FM_OK)
             return FM_ERR_NOMEM;
     }
@@ -938,10 +938,9 @@ static void *build_worker(void *arg)
         pthread_mutex_unlock(&q->mu);
         if (stop)
             break;
-        fm_status st =
-            job.index->bt != NULL
-                ? build_btree(job.table, job.index, &keys, &ents, &key)
-                : build_hash(job.table, job.index, &key);
+        fm_status st = job.index->bt != NULL
+                           ? build_btree(job.table, job.index, &keys, &ents)
+                           : build_hash(job.table, job.index, &key);
         if (st != FM_OK) {
             pthread_mutex_lock(&q->mu);
             if (q->st == FM_OK)

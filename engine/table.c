@@ -432,16 +432,22 @@ fm_status fm_index_key(const struct fm_index *ix, const struct fm_row *row,
     return FM_OK;
 }
 
+size_t fm_index_key_of_record(const struct fm_index *ix, uint64_t id,
+                              const uint8_t *rec, uint8_t *buf, size_t cap)
+{
+    struct fm_row row;
+    /* Only the columns up to the index's last one: a hash probe of
+     * users.username decodes one string, not the whole row. */
+    decode_upto(ix->table, id, rec, &row, ix->max_col);
+    return key_write(ix, &row, buf, cap);
+}
+
 static size_t index_key_fn(void *ctx, uint64_t rowid, uint8_t *buf, size_t cap)
 {
     const struct fm_index *ix = ctx;
     const uint8_t *rec = fm_table_record(ix->table, rowid);
     FM_ASSERT(rec != NULL);
-    struct fm_row row;
-    /* Only the columns up to the index's last one: a hash probe of
-     * users.username decodes one string, not the whole row. */
-    decode_upto(ix->table, rowid, rec, &row, ix->max_col);
-    return key_write(ix, &row, buf, cap);
+    return fm_index_key_of_record(ix, rowid, rec, buf, cap);
 }
 
 static fm_status index_insert(struct fm_index *ix, const uint8_t *key,
