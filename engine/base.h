@@ -123,7 +123,9 @@ void fm_free(void *p);
  * Anonymous memory whose pages the kernel fills in at once (MAP_POPULATE),
  * for big blocks about to be written: on the virtual machines measured a
  * first touch costs 12-17 us per 4 KiB page, and populating in one call
- * skips the fault per page. NULL on failure (the failure hook applies).
+ * skips the fault per page. Every page is also touched once before the
+ * call returns (see base.c), so the whole cost lands in the calling
+ * thread. NULL on failure (the failure hook applies).
  * Release with fm_unmap and the same size.
  */
 void *fm_map_populated(size_t size);

@@ -61,6 +61,9 @@ struct fm_index {
     struct fm_btree *bt; /* exactly one of bt and h is set */
     struct fm_hash *h;
     size_t max_col; /* the highest column number in the key */
+    /* Recovery only: sort scratch mapped ahead by the prepare thread. */
+    void *build_scratch;
+    size_t build_scratch_bytes;
 };
 
 struct fm_table {
