@@ -153,7 +153,7 @@ void fm_free(void *p)
     free(p);
 }
 
-void *fm_map_populated(size_t size)
+void *fm_map_populated(size_t size, bool touch)
 {
     if (size == 0 || alloc_should_fail(size))
         return NULL;
@@ -165,7 +165,7 @@ void *fm_map_populated(size_t size)
      * costs microseconds per page in the hypervisor after the kernel has
      * populated it; paying it here lets the caller choose the thread. */
     volatile uint8_t *b = p;
-    for (size_t off = 0; off < size; off += 4096)
+    for (size_t off = 0; touch && off < size; off += 4096)
         b[off] = 0;
     return p;
 }

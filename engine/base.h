@@ -123,12 +123,14 @@ void fm_free(void *p);
  * Anonymous memory whose pages the kernel fills in at once (MAP_POPULATE),
  * for big blocks about to be written: on the virtual machines measured a
  * first touch costs 12-17 us per 4 KiB page, and populating in one call
- * skips the fault per page. Every page is also touched once before the
- * call returns (see base.c), so the whole cost lands in the calling
- * thread. NULL on failure (the failure hook applies).
- * Release with fm_unmap and the same size.
+ * skips the fault per page. With touch, every page is also written once
+ * before the call returns (see base.c), so the whole cost lands in the
+ * calling thread, which suits a helper thread; without, the remaining cost
+ * is spread over the first writes, which suits a latency-bound caller.
+ * NULL on failure (the failure hook applies). Release with fm_unmap and
+ * the same size.
  */
-void *fm_map_populated(size_t size);
+void *fm_map_populated(size_t size, bool touch);
 void fm_unmap(void *p, size_t size);
 
 /*

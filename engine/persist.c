@@ -804,7 +804,7 @@ static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
     if (ix->build_scratch != NULL && ix->build_scratch_bytes == bytes)
         mapped = ix->build_scratch; /* mapped ahead (prepare_worker) */
     else if (bytes >= SCRATCH_MAP_BYTES)
-        mapped = fm_map_populated(bytes);
+        mapped = fm_map_populated(bytes, true);
     ix->build_scratch = NULL;
     ents->len = 0;
     if (mapped == NULL && fm_buf_reserve(ents, bytes) != FM_OK)
@@ -1143,7 +1143,7 @@ static void prepare_run(struct prepare *pr)
             continue;
         }
         size_t bytes = task->n * 2 * sizeof(struct short_key);
-        task->ix->build_scratch = fm_map_populated(bytes);
+        task->ix->build_scratch = fm_map_populated(bytes, true);
         task->ix->build_scratch_bytes = bytes;
     }
 }

@@ -80,7 +80,7 @@ static uint8_t *slab_new_chunk(struct fm_slab *s)
             bytes = FM_SLAB_CHUNK_SIZE;
         if (bytes > FM_SLAB_MAP_MAX)
             bytes = FM_SLAB_MAP_MAX;
-        uint8_t *p = fm_map_populated(bytes);
+        uint8_t *p = fm_map_populated(bytes, false);
         if (p == NULL)
             return NULL;
         s->maps[s->n_maps++] = (struct fm_slab_map){p, bytes};

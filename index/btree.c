@@ -1160,7 +1160,7 @@ fm_status fm_btree_reserve(struct fm_btree *t, size_t n_entries)
     size_t bytes;
     if (fm_mul_overflows(nodes, NODE_SLOT, &bytes))
         return FM_ERR_NOMEM;
-    t->block = fm_map_populated(bytes);
+    t->block = fm_map_populated(bytes, true);
     if (t->block == NULL)
         return FM_ERR_NOMEM;
     t->block_bytes = bytes;
