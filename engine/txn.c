@@ -392,6 +392,15 @@ fm_status fm_txn_update(struct fm_engine *e, struct fm_table *t,
     if (st != FM_OK || (st = new_record(e, t, row, &rec)) != FM_OK)
         return st;
     uint32_t mask = indexes_touching(t, changed_mask);
+    if (mask == 0) {
+        /* No index key changes (INCR listen_count): the new record just
+         * takes the old one's slot. */
+        st = fm_table_set_record(t, id, rec);
+        FM_ASSERT(st == FM_OK); /* the page exists: the row is in it */
+        st = undo_push(e, FM_UNDO_UPDATE, t, id, old, rec, 0);
+        FM_ASSERT(st == FM_OK);
+        return FM_OK;
+    }
     struct fm_row old_row;
     struct fm_row new_row;
     fm_table_decode(t, id, old, &old_row);
