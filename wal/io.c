@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -181,6 +182,41 @@ fm_status fm_wal_read_file(const char *path, uint64_t max_len,
 out:
     close(fd);
     return st;
+}
+
+fm_status fm_wal_map_file(const char *path, struct fm_wal_image *out,
+                          struct fm_error *err)
+{
+    out->data = NULL;
+    out->len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fm_error_set(err, FM_ERR_IO, "cannot open %s: %s", path,
+                            strerror(errno));
+    fm_status st = FM_OK;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        st = fm_error_set(err, FM_ERR_IO, "cannot stat %s: %s", path,
+                          strerror(errno));
+    } else if (sb.st_size > 0) {
+        void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ,
+                       MAP_PRIVATE | MAP_POPULATE, fd, 0);
+        if (p == MAP_FAILED)
+            st = fm_error_set(err, FM_ERR_IO, "cannot map %s: %s", path,
+                              strerror(errno));
+        else
+            *out = (struct fm_wal_image){p, (size_t)sb.st_size};
+    }
+    close(fd);
+    return st;
+}
+
+void fm_wal_unmap_file(struct fm_wal_image *img)
+{
+    if (img->data != NULL)
+        munmap((void *)img->data, img->len);
+    img->data = NULL;
+    img->len = 0;
 }
 
 fm_status fm_wal_fsync_dir(const struct fm_wal_io *io, const char *dir,

@@ -731,7 +731,7 @@ static fm_status check_continuity(struct fm_wal *wal, const char *path,
 
 /* Validates one segment image and records it in wal->segs. */
 static fm_status scan_segment(struct fm_wal *wal, const char *path,
-                              uint64_t name_lsn, const struct fm_buf *img,
+                              uint64_t name_lsn, const struct fm_wal_image *img,
                               bool is_last, uint64_t *expect,
                               struct fm_error *err)
 {
@@ -794,7 +794,7 @@ static fm_status scan_segment(struct fm_wal *wal, const char *path,
 static fm_status scan_dir(struct fm_wal *wal, struct fm_error *err)
 {
     struct lsn_list segs = {0};
-    struct fm_buf img = {0};
+    struct fm_wal_image img = {0};
     char path[PATH_CAP];
     uint64_t expect = 0;
     fm_status st = remove_temp_segments(wal, err);
@@ -811,7 +811,8 @@ static fm_status scan_dir(struct fm_wal *wal, struct fm_error *err)
         st = seg_path(wal, segs.lsns[i], path, err);
         if (st != FM_OK)
             goto out;
-        st = fm_wal_read_file(path, SIZE_MAX, &img, err);
+        fm_wal_unmap_file(&img);
+        st = fm_wal_map_file(path, &img, err);
         if (st != FM_OK)
             goto out;
         st = scan_segment(wal, path, segs.lsns[i], &img, i + 1 == segs.n,
@@ -821,7 +822,7 @@ static fm_status scan_dir(struct fm_wal *wal, struct fm_error *err)
     }
     wal->next_lsn = expect;
 out:
-    fm_buf_fini(&img);
+    fm_wal_unmap_file(&img);
     fm_free(segs.lsns);
     return st;
 }
@@ -929,9 +930,9 @@ void fm_wal_get_recovery(const struct fm_wal *wal, struct fm_wal_recovery *out)
 struct fm_wal_iter {
     struct fm_wal *wal;
     uint64_t after_lsn;
-    size_t seg_i;      /* segment being read, or next to read */
-    bool in_seg;       /* cur is positioned inside segs[seg_i] */
-    struct fm_buf img; /* the segment's bytes */
+    size_t seg_i;            /* segment being read, or next to read */
+    bool in_seg;             /* cur is positioned inside segs[seg_i] */
+    struct fm_wal_image img; /* the segment's bytes, mapped */
     char path[PATH_CAP];
     struct fm_wal_cursor cur;
 };
@@ -975,7 +976,8 @@ static fm_status iter_load(struct fm_wal_iter *it, struct fm_error *err)
     fm_status st = seg_path(wal, seg->first_lsn, it->path, err);
     if (st != FM_OK)
         return st;
-    st = fm_wal_read_file(it->path, SIZE_MAX, &it->img, err);
+    fm_wal_unmap_file(&it->img);
+    st = fm_wal_map_file(it->path, &it->img, err);
     if (st != FM_OK)
         return st;
     if (it->img.len < seg->size)
@@ -1036,7 +1038,7 @@ void fm_wal_iter_close(struct fm_wal_iter *it)
 {
     if (it == NULL)
         return;
-    fm_buf_fini(&it->img);
+    fm_wal_unmap_file(&it->img);
     fm_free(it);
 }
 

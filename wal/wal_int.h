@@ -78,6 +78,23 @@ int fm_wal_write_all(const struct fm_wal_io *io, int fd, const uint8_t *p,
 fm_status fm_wal_read_file(const char *path, uint64_t max_len,
                            struct fm_buf *out, struct fm_error *err);
 
+/* A whole file mapped read-only (fm_wal_map_file); data NULL when empty. */
+struct fm_wal_image {
+    const uint8_t *data;
+    size_t len;
+};
+
+/*
+ * Maps the whole file at path read-only, its pages populated at once: on
+ * the virtual machines measured, read() into fresh memory paid a fault per
+ * 4 KiB page (0.2 s for a 43 MB segment, against 0.025 s mapped). The file
+ * must not shrink while mapped (SIGBUS): only for files of a directory
+ * whose lock the caller holds. FM_ERR_IO names the path.
+ */
+fm_status fm_wal_map_file(const char *path, struct fm_wal_image *out,
+                          struct fm_error *err);
+void fm_wal_unmap_file(struct fm_wal_image *img);
+
 /* fsync of a directory, so that created, renamed and removed names last. */
 fm_status fm_wal_fsync_dir(const struct fm_wal_io *io, const char *dir,
                            struct fm_error *err);
