@@ -381,28 +381,43 @@ Test(wal, unflushed_records_are_not_written_at_close)
 
 /* ---- Torn tails and corruption ------------------------------------------ */
 
-Test(wal, torn_tail_is_truncated)
+/*
+ * Cuts the last segment at every byte of its last three records and checks
+ * that recovery keeps exactly the complete ones and appends after them.
+ * With zeros_after, the cut bytes become zeros up to the old length, as
+ * when a torn group lay in a preallocated tail (fsync always).
+ */
+static void torn_tail_case(bool zeros_after)
 {
     struct fm_wal_options o = base_opts();
     o.segment_size = 1 << 20;
+    o.fsync = zeros_after ? FM_WAL_FSYNC_ALWAYS : FM_WAL_FSYNC_NO;
     struct fm_wal *wal = open_ok(&o);
     append_range(wal, 1, 17, 4);
     /* Record boundaries of the last three records. */
-    char path[512];
-    seg_path(path, sizeof(path), 1);
     uint64_t ends[4];
-    ends[0] = file_size(path);
-    for (int i = 1; i <= 3; i++) {
-        append_range(wal, 17 + (uint64_t)i, 17 + (uint64_t)i, 1);
-        ends[i] = file_size(path);
+    for (int i = 0; i <= 3; i++) {
+        if (i > 0)
+            append_range(wal, 17 + (uint64_t)i, 17 + (uint64_t)i, 1);
+        struct fm_wal_stats stats;
+        fm_wal_get_stats(wal, &stats);
+        ends[i] = stats.active_bytes;
     }
     fm_wal_close(wal);
+    char path[512];
+    seg_path(path, sizeof(path), 1);
     size_t len;
     uint8_t *orig = read_whole(path, &len);
-    cr_assert_eq(len, ends[3]);
-
+    if (zeros_after)
+        cr_assert_gt(len, ends[3]);
+    else
+        cr_assert_eq(len, ends[3]);
+    uint8_t *img = malloc(len);
     for (uint64_t cut = ends[0]; cut < ends[3]; cut++) {
-        write_whole(path, orig, (size_t)cut);
+        size_t file_len = zeros_after ? len : (size_t)cut;
+        memcpy(img, orig, (size_t)cut);
+        memset(img + cut, 0, len - (size_t)cut);
+        write_whole(path, img, file_len);
         int k = 0;
         while (k < 3 && ends[k + 1] <= cut)
             k++;
@@ -413,17 +428,23 @@ Test(wal, torn_tail_is_truncated)
         struct fm_wal_recovery rec;
         fm_wal_get_recovery(wal, &rec);
         uint64_t last = 17 + (uint64_t)k;
-        cr_assert_eq(rec.torn_bytes, cut - ends[k], "cut at %" PRIu64, cut);
-        cr_assert_eq(rec.last_lsn, last);
-        if (cut != ends[k]) {
+        cr_assert_eq(rec.last_lsn, last, "cut at %" PRIu64, cut);
+        if (cut == ends[k]) {
+            /* A cut at a boundary (zeros after it) is the clean end. */
+            cr_assert_eq(rec.torn_bytes, 0);
+            cr_assert_eq(logs.n_warnings, 0, "%s", logs.last);
+        } else {
+            cr_assert_eq(rec.torn_bytes, file_len - ends[k], "cut at %" PRIu64,
+                         cut);
             cr_assert_eq(logs.n_warnings, 1);
             cr_assert(strstr(logs.last, "torn") != NULL, "%s", logs.last);
             char bytes[32];
-            snprintf(bytes, sizeof(bytes), "%" PRIu64 " bytes", cut - ends[k]);
+            snprintf(bytes, sizeof(bytes), "%" PRIu64 " bytes",
+                     (uint64_t)file_len - ends[k]);
             cr_assert(strstr(logs.last, bytes) != NULL, "%s", logs.last);
+            cr_assert_eq(file_size(path), ends[k]);
         }
         expect_records(wal, 0, 1, last);
-        cr_assert_eq(file_size(path), ends[k]);
         /* Appends continue right after the last complete record. */
         append_range(wal, last + 1, last + 1, 1);
         fm_wal_close(wal);
@@ -431,7 +452,20 @@ Test(wal, torn_tail_is_truncated)
         expect_records(wal, 0, 1, last + 1);
         fm_wal_close(wal);
     }
+    free(img);
     free(orig);
+}
+
+Test(wal, torn_tail_is_truncated)
+{
+    torn_tail_case(false);
+}
+
+/* A torn group in front of the preallocated zeros is cut like any torn
+ * tail. */
+Test(wal, torn_tail_before_zeros_is_truncated)
+{
+    torn_tail_case(true);
 }
 
 /* ---- Preallocation under fsync always ----------------------------------- */
@@ -548,63 +582,6 @@ Test(wal, rotation_cuts_the_zeros_off_the_finished_segment)
     wal = open_ok(&o);
     expect_records(wal, 0, 1, 2000);
     fm_wal_close(wal);
-}
-
-/* A torn group in front of the preallocated zeros is cut like any torn
- * tail: every byte position of the last records, zeros after it. */
-Test(wal, torn_tail_before_zeros_is_truncated)
-{
-    struct fm_wal_options o = base_opts();
-    o.segment_size = 1 << 20;
-    o.fsync = FM_WAL_FSYNC_ALWAYS;
-    struct fm_wal *wal = open_ok(&o);
-    append_range(wal, 1, 17, 4);
-    struct fm_wal_stats stats;
-    fm_wal_get_stats(wal, &stats);
-    uint64_t ends[3];
-    ends[0] = stats.active_bytes;
-    for (int i = 1; i <= 2; i++) {
-        append_range(wal, 17 + (uint64_t)i, 17 + (uint64_t)i, 1);
-        fm_wal_get_stats(wal, &stats);
-        ends[i] = stats.active_bytes;
-    }
-    fm_wal_close(wal);
-    char path[512];
-    seg_path(path, sizeof(path), 1);
-    size_t len;
-    uint8_t *orig = read_whole(path, &len);
-    cr_assert_gt(len, ends[2]);
-    uint8_t *img = malloc(len);
-    for (uint64_t cut = ends[0]; cut < ends[2]; cut++) {
-        /* Bytes [cut, len) never reached the disk: zeros. */
-        memcpy(img, orig, (size_t)cut);
-        memset(img + cut, 0, len - (size_t)cut);
-        write_whole(path, img, len);
-        int k = cut >= ends[1] ? 1 : 0;
-        struct log_capture logs = {0};
-        o.log_fn = capture_log;
-        o.log_ctx = &logs;
-        wal = open_ok(&o);
-        struct fm_wal_recovery rec;
-        fm_wal_get_recovery(wal, &rec);
-        uint64_t last = 17 + (uint64_t)k;
-        cr_assert_eq(rec.last_lsn, last, "cut at %" PRIu64, cut);
-        if (cut == ends[k]) {
-            cr_assert_eq(rec.torn_bytes, 0);
-            cr_assert_eq(logs.n_warnings, 0, "%s", logs.last);
-        } else {
-            cr_assert_eq(rec.torn_bytes, len - ends[k]);
-            cr_assert(strstr(logs.last, "torn") != NULL, "%s", logs.last);
-        }
-        expect_records(wal, 0, 1, last);
-        append_range(wal, last + 1, last + 1, 1);
-        fm_wal_close(wal);
-        wal = open_ok(&o);
-        expect_records(wal, 0, 1, last + 1);
-        fm_wal_close(wal);
-    }
-    free(img);
-    free(orig);
 }
 
 /* A stray nonzero byte inside the zeros is damage after the last record:
