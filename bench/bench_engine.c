@@ -342,24 +342,6 @@ static size_t zipf1(struct rng *r, size_t n)
     return k < 1 ? 1 : (k > n ? n : k);
 }
 
-/* Writes v in decimal to out (at least 21 bytes); returns the length. */
-static size_t format_i64(char *out, int64_t v)
-{
-    char tmp[24];
-    size_t n = 0;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    size_t k = 0;
-    if (v < 0)
-        out[k++] = '-';
-    while (n > 0)
-        out[k++] = tmp[--n];
-    return k;
-}
-
 /* "1.23M", "151k" */
 static void format_rate(char *out, size_t cap, double v)
 {
@@ -982,7 +964,7 @@ static void arg_int(struct args *a, int64_t v)
 {
     FM_ASSERT(a->n_num < FM_ARRAY_LEN(a->num));
     char *b = a->num[a->n_num++];
-    arg_add(a, b, format_i64(b, v));
+    arg_add(a, b, fm_format_i64(b, v));
 }
 
 static void fm_build_insert(const struct dataset *ds, enum op op, size_t i,

@@ -108,6 +108,23 @@ void fm_format_value(char *out, size_t cap, const uint8_t *p, size_t len)
     out[o] = '\0';
 }
 
+size_t fm_format_i64(char *out, int64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    size_t k = 0;
+    if (v < 0)
+        out[k++] = '-';
+    while (n > 0)
+        out[k++] = tmp[--n];
+    return k;
+}
+
 void fm_assert_fail(const char *expr, const char *file, int line)
 {
     fprintf(stderr, "fermata: assertion failed: %s (%s:%d)\n", expr, file,

@@ -92,6 +92,10 @@ void fm_error_clear(struct fm_error *err);
  */
 void fm_format_value(char *out, size_t cap, const uint8_t *p, size_t len);
 
+/* Writes v in decimal to out (room for 21 bytes, no NUL); returns the
+ * length. For hot paths where snprintf's parsing of a format would show. */
+size_t fm_format_i64(char *out, int64_t v);
+
 /*
  * Assertions: invariants that only a bug can break. They stay on in release
  * builds; never assert on input, disk bytes or allocation results.

@@ -469,30 +469,12 @@ out:
 
 /* ---- Encoding ---------------------------------------------------------- */
 
-/* Writes v in decimal at p (room for 21 bytes); returns the length. */
-static size_t format_int(char *p, int64_t v)
-{
-    char tmp[24];
-    size_t n = 0;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    size_t len = 0;
-    if (v < 0)
-        p[len++] = '-';
-    while (n > 0)
-        p[len++] = tmp[--n];
-    return len;
-}
-
 /* Appends prefix, the number and CRLF: ":5", "$3", "*2". */
 static void put_num(struct fm_buf *out, char prefix, int64_t v)
 {
     char *p = (char *)out->data + out->len;
     p[0] = prefix;
-    size_t n = 1 + format_int(p + 1, v);
+    size_t n = 1 + fm_format_i64(p + 1, v);
     p[n++] = '\r';
     p[n++] = '\n';
     out->len += n;

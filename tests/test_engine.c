@@ -922,3 +922,17 @@ Test(engine, a_unique_name_index_of_ten_thousand_rows_takes_under_14_bytes)
     cr_assert_eq(fm_engine_check(e, &err), FM_OK, "%s", err.msg);
     fm_engine_free(e);
 }
+
+Test(base, format_i64_matches_printf)
+{
+    const int64_t vals[] = {
+        0, 1, -1, 9, 10, -10, 123456789, INT64_MAX, INT64_MIN, INT64_MIN + 1};
+    for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+        char want[32];
+        char got[32];
+        int n = snprintf(want, sizeof(want), "%lld", (long long)vals[i]);
+        size_t len = fm_format_i64(got, vals[i]);
+        cr_assert_eq(len, (size_t)n);
+        cr_assert(memcmp(got, want, len) == 0, "%s", want);
+    }
+}
