@@ -244,6 +244,19 @@ Test(persist, unflushed_writes_are_lost_and_nothing_else)
     fm_engine_free(e);
 }
 
+/* Runs the cron until the background snapshot is over (30 s at most);
+ * *ps gets the last figures. */
+static void wait_bgsave(struct fm_engine *e, struct fm_persist_stats *ps)
+{
+    for (int i = 0; i < 3000; i++) {
+        fm_engine_cron(e);
+        fm_engine_persist_stats(e, ps);
+        if (!ps->bgsave_in_progress)
+            return;
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
+}
+
 Test(persist, snapshot_plus_wal_recovers_the_same_state)
 {
     struct fm_engine *e = open_db();
@@ -279,13 +292,7 @@ Test(persist, background_snapshot_in_a_child_is_loaded_at_restart)
     ok(e, "INSERT artists name during_bgsave");
     flush(e);
     struct fm_persist_stats ps;
-    for (int i = 0; i < 3000; i++) {
-        fm_engine_cron(e);
-        fm_engine_persist_stats(e, &ps);
-        if (!ps.bgsave_in_progress)
-            break;
-        nanosleep(&(struct timespec){0, 10000000}, NULL);
-    }
+    wait_bgsave(e, &ps);
     cr_assert(!ps.bgsave_in_progress, "the child finished");
     cr_assert(ps.last_save_ok);
     cr_assert_gt(ps.last_save_bytes, 0);
@@ -593,13 +600,7 @@ Test(persist, snapshot_under_load_equals_the_state_at_its_lsn)
     }
     flush(e);
     struct fm_persist_stats ps;
-    for (int i = 0; i < 3000; i++) {
-        fm_engine_cron(e);
-        fm_engine_persist_stats(e, &ps);
-        if (!ps.bgsave_in_progress)
-            break;
-        nanosleep(&(struct timespec){0, 10000000}, NULL);
-    }
+    wait_bgsave(e, &ps);
     cr_assert(ps.last_save_ok);
     char *live = dump(e);
     fm_engine_free(e);
