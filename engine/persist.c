@@ -785,6 +785,9 @@ static fm_status build_short_keys(struct fm_table *t, struct fm_index *ix,
                                   bool *done_out);
 
 #define SCRATCH_MAP_BYTES ((size_t)16 << 20)
+/* Trees of at least this many rows get their nodes from one block
+ * (fm_btree_reserve, done by the prepare tasks); smaller ones use malloc. */
+#define BLOCK_MIN_ROWS (SCRATCH_MAP_BYTES / 2048)
 
 static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
                                    struct fm_buf *ents, bool *done_out)
@@ -846,11 +849,6 @@ static fm_status build_btree(struct fm_table *t, struct fm_index *ix,
                              struct fm_buf *keys, struct fm_buf *ents)
 {
     bool done;
-    /* Node memory in one populated block (btree.c), unless the prepare
-     * thread mapped it already; without it the nodes come from malloc,
-     * slower but the same tree. */
-    if (t->n_rows >= SCRATCH_MAP_BYTES / 2048)
-        (void)fm_btree_reserve(ix->bt, (size_t)t->n_rows);
     fm_status st = build_btree_short(t, ix, ents, &done);
     if (st != FM_OK || done)
         return st;
@@ -1120,8 +1118,7 @@ static void prepare_plan(struct prepare *pr, const uint64_t *n_rows)
     for (size_t i = 0; i < e->schema.n_tables; i++) {
         struct fm_table *t = &e->tables[i];
         for (size_t k = 0; k < t->n_indexes; k++) {
-            if (t->indexes[k].bt != NULL &&
-                n_rows[i] >= SCRATCH_MAP_BYTES / 2048)
+            if (t->indexes[k].bt != NULL && n_rows[i] >= BLOCK_MIN_ROWS)
                 pr->tasks[pr->n_tasks++] = (struct prep_task){
                     &t->indexes[k], (size_t)n_rows[i], false};
         }
