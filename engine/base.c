@@ -108,21 +108,43 @@ void fm_format_value(char *out, size_t cap, const uint8_t *p, size_t len)
     out[o] = '\0';
 }
 
+/* "00", "01", ... "99": two digits a step halves the divisions. */
+static const char digit_pairs[201] = "00010203040506070809"
+                                     "10111213141516171819"
+                                     "20212223242526272829"
+                                     "30313233343536373839"
+                                     "40414243444546474849"
+                                     "50515253545556575859"
+                                     "60616263646566676869"
+                                     "70717273747576777879"
+                                     "80818283848586878889"
+                                     "90919293949596979899";
+
 size_t fm_format_i64(char *out, int64_t v)
 {
-    char tmp[24];
-    size_t n = 0;
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
     size_t k = 0;
     if (v < 0)
         out[k++] = '-';
-    while (n > 0)
-        out[k++] = tmp[--n];
-    return k;
+    /* Count the digits first so that they are written in place, from the
+     * last one back, with no copy. */
+    size_t n = 1;
+    for (uint64_t t = u; t >= 10; t /= 10)
+        n++;
+    char *p = out + k + n;
+    while (u >= 100) {
+        size_t i = (size_t)(u % 100) * 2;
+        u /= 100;
+        p -= 2;
+        memcpy(p, digit_pairs + i, 2);
+    }
+    if (u >= 10) {
+        p -= 2;
+        memcpy(p, digit_pairs + u * 2, 2);
+    } else {
+        *--p = (char)('0' + u);
+    }
+    return k + n;
 }
 
 void fm_assert_fail(const char *expr, const char *file, int line)

@@ -98,13 +98,11 @@ static fm_status exec_in_txn(struct fm_engine *e, size_t argc,
 {
     size_t savepoint = e->n_undo;
     size_t reply_len = reply->buf.len;
-    size_t reply_n = reply->n_values;
     fm_status st = fm_query_exec(e, argc, argv, len, reply);
     if (st == FM_OK)
         return FM_OK;
     fm_txn_rollback_to(e, savepoint);
     reply->buf.len = reply_len;
-    reply->n_values = reply_n;
     reply->failed = false;
     fm_reply_error(reply, st,
                    e->err.st == st ? e->err.msg : fm_status_message(st));
@@ -113,10 +111,9 @@ static fm_status exec_in_txn(struct fm_engine *e, size_t argc,
 
 /* Replaces whatever the reply holds since mark with one error. */
 static void reply_error_at(struct fm_engine *e, struct fm_reply *reply,
-                           size_t len, size_t n, fm_status st)
+                           size_t len, fm_status st)
 {
     reply->buf.len = len;
-    reply->n_values = n;
     reply->failed = false;
     fm_reply_error(reply, st,
                    e->err.st == st ? e->err.msg : fm_status_message(st));
@@ -139,19 +136,18 @@ fm_status fm_engine_exec(struct fm_engine *e, size_t argc,
                          struct fm_reply *reply)
 {
     size_t reply_len = reply->buf.len;
-    size_t reply_n = reply->n_values;
     fm_error_clear(&e->err);
     e->last_wrote = false;
     fm_status st = argc > 0 ? refuse_write(e, argv[0], argv_len[0]) : FM_OK;
     if (st != FM_OK) {
-        reply_error_at(e, reply, reply_len, reply_n, st);
+        reply_error_at(e, reply, reply_len, st);
         return st;
     }
     fm_txn_begin(e);
     st = exec_in_txn(e, argc, argv, argv_len, reply);
     fm_status cst = fm_txn_commit(e);
     if (st == FM_OK && cst != FM_OK) {
-        reply_error_at(e, reply, reply_len, reply_n, cst);
+        reply_error_at(e, reply, reply_len, cst);
         return cst;
     }
     return st;
@@ -162,7 +158,6 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
                                struct fm_reply *reply)
 {
     size_t reply_len = reply->buf.len;
-    size_t reply_n = reply->n_values;
     fm_error_clear(&e->err);
     e->last_wrote = false;
     for (size_t i = 0; i < n_cmds; i++) {
@@ -170,7 +165,7 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
                                                        cmds[i].argv_len[0])
                                         : FM_OK;
         if (st != FM_OK) {
-            reply_error_at(e, reply, reply_len, reply_n, st);
+            reply_error_at(e, reply, reply_len, st);
             return st;
         }
     }
@@ -185,7 +180,6 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
         fm_status cst = fm_txn_commit(e);
         FM_ASSERT(cst == FM_OK); /* nothing left to log */
         reply->buf.len = reply_len;
-        reply->n_values = reply_n;
         reply->failed = false;
         char msg[FM_ERROR_MSG_CAP + 96];
         snprintf(msg, sizeof(msg),
@@ -197,7 +191,7 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
     }
     fm_status cst = fm_txn_commit(e);
     if (cst != FM_OK) {
-        reply_error_at(e, reply, reply_len, reply_n, cst);
+        reply_error_at(e, reply, reply_len, cst);
         return cst;
     }
     return FM_OK;

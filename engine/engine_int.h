@@ -79,6 +79,10 @@ struct fm_table {
     struct fm_slab slab;
     size_t n_indexes;
     struct fm_index indexes[FM_MAX_INDEXES];
+    /* Column c's name as a RESP bulk string, for replies that carry rows:
+     * resp_names[resp_name_off[c] .. resp_name_off[c + 1]). */
+    uint8_t *resp_names;
+    uint16_t resp_name_off[FM_MAX_COLUMNS + 1];
 };
 
 /*
@@ -303,6 +307,19 @@ static inline int64_t fm_engine_now(struct fm_engine *e)
         e->now_us = fm_now_us();
     return e->now_us;
 }
+
+/*
+ * Writing RESP straight into a reply (reply.c), for values built in one
+ * pass: fm_reply_room returns room for need bytes at the reply's end (NULL
+ * once the reply has failed), the caller writes there and adds what it
+ * wrote to r->buf.len. The put functions write one value at p and return
+ * its length: a number with its prefix (at most FM_REPLY_NUM_MAX bytes),
+ * a bulk string (FM_REPLY_NUM_MAX + len + 2 at most).
+ */
+#define FM_REPLY_NUM_MAX 24
+uint8_t *fm_reply_room(struct fm_reply *r, size_t need);
+size_t fm_reply_put_num(uint8_t *p, char prefix, int64_t v);
+size_t fm_reply_put_bulk(uint8_t *p, const void *s, size_t len);
 
 /* Appends the value in the form a reply carries (datetime as text). */
 void fm_reply_value(struct fm_engine *e, struct fm_reply *r, enum fm_type type,

@@ -5,8 +5,8 @@
  * database: a schema and its tables, all in memory. Commands are argument
  * vectors of byte strings, exactly as a RESP client sends them
  * ("INSERT users username ann ..."), and their results are written into a
- * struct fm_reply, a flat buffer of typed values that the server turns into
- * RESP and the shell into text. The command language is SPEC section 3 and
+ * struct fm_reply, RESP2 bytes that the server sends as they are and the
+ * shell reads back as text. The command language is SPEC section 3 and
  * docs/commands.md.
  *
  * An engine is single-threaded: one caller at a time.
@@ -30,14 +30,13 @@ enum fm_reply_type {
 };
 
 /*
- * A reply: a sequence of values, each an 8-byte-aligned record in buf.
+ * A reply: a sequence of values, RESP2-encoded in buf (engine/reply.c).
  * Zero-filled is a valid empty reply; fm_reply_reset empties it and keeps its
  * memory, so a connection reuses one reply for every command.
  */
 struct fm_reply {
-    struct fm_buf buf;
-    size_t n_values; /* top-level values appended */
-    bool failed;     /* an append ran out of memory: the reply is an error */
+    struct fm_buf buf; /* the values, as RESP2 bytes */
+    bool failed;       /* an append ran out of memory: the reply is an error */
 };
 
 void fm_reply_reset(struct fm_reply *r);
@@ -52,17 +51,29 @@ void fm_reply_nil(struct fm_reply *r);
 void fm_reply_int(struct fm_reply *r, int64_t v);
 void fm_reply_bulk(struct fm_reply *r, const void *p, size_t len);
 void fm_reply_cstr(struct fm_reply *r, const char *s); /* bulk from C text */
+/* A simple string; CR and LF in s are sent as spaces. */
 void fm_reply_status(struct fm_reply *r, const char *s);
 void fm_reply_array(struct fm_reply *r, size_t n);
-/* An error: "-CODE msg" where CODE is fm_status_code(st). */
+/* An error: "-CODE msg" where CODE is fm_status_code(st); an empty msg
+ * sends fm_status_message(st). CR and LF in msg are sent as spaces. */
 void fm_reply_error(struct fm_reply *r, fm_status st, const char *msg);
 /* Appends every value of src to r. */
 void fm_reply_append_all(struct fm_reply *r, const struct fm_reply *src);
 
-/* Position of the array header written last, for fm_reply_patch_array. */
+/* Position of the array header just written, which must be a placeholder
+ * of count 0 (fm_reply_array(r, 0)), for fm_reply_patch_array. */
 size_t fm_reply_mark(const struct fm_reply *r);
 /* Rewrites the count of the array header at mark (when n was not known). */
 void fm_reply_patch_array(struct fm_reply *r, size_t mark, size_t n);
+
+/* Whether the reply's first value is an error (a failed reply is one). */
+bool fm_reply_is_error(const struct fm_reply *r);
+/*
+ * The reply as the RESP2 bytes to send: buf, or for a failed reply a
+ * static OOM error. Borrowed until the next change to r.
+ */
+void fm_reply_bytes(const struct fm_reply *r, const uint8_t **p_out,
+                    size_t *len_out);
 
 /* One value read back from a reply. Pointers are borrowed from the reply. */
 struct fm_reply_value {
@@ -71,15 +82,16 @@ struct fm_reply_value {
     size_t n;           /* ARRAY element count */
     const uint8_t *str; /* BULK, STATUS, ERROR message (not NUL-terminated) */
     size_t len;
-    fm_status st; /* ERROR */
+    fm_status st; /* ERROR: the first status with the code word sent */
 };
 
 struct fm_reply_cursor {
-    const struct fm_reply *r;
-    size_t off;
-    bool oom_done; /* for a failed reply: the OOM error was yielded */
+    const uint8_t *p; /* the reply's bytes (fm_reply_bytes) */
+    size_t len;
+    size_t off; /* where the next value starts */
 };
 
+/* Starts reading r; valid until the next change to r. */
 void fm_reply_cursor_init(struct fm_reply_cursor *c, const struct fm_reply *r);
 /* Reads the next value in order (arrays are flattened: header, then items). */
 bool fm_reply_next(struct fm_reply_cursor *c, struct fm_reply_value *out);

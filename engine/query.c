@@ -227,31 +227,65 @@ static bool row_matches(const struct query *q, const struct fm_row *row)
     return true;
 }
 
+/* The most bytes put_value writes for a value that is not a string. */
+#define VALUE_MAX (FM_REPLY_NUM_MAX + FM_DATETIME_TEXT_CAP + 2)
+
+/* Writes v at o as a reply carries it (datetime as text); returns the
+ * length, at most VALUE_MAX plus a string's length. */
+static size_t put_value(struct fm_engine *e, uint8_t *o, enum fm_type type,
+                        const struct fm_value *v)
+{
+    if (v->is_null) {
+        memcpy(o, "$-1\r\n", 5);
+        return 5;
+    }
+    if (type == FM_TYPE_INTEGER)
+        return fm_reply_put_num(o, ':', v->i);
+    if (type == FM_TYPE_DATETIME) {
+        char text[FM_DATETIME_TEXT_CAP];
+        size_t n = fm_format_datetime_cached(v->i, &e->dt_cache, text);
+        return fm_reply_put_bulk(o, text, n);
+    }
+    return fm_reply_put_bulk(o, v->s, v->len);
+}
+
 void fm_reply_value(struct fm_engine *e, struct fm_reply *r, enum fm_type type,
                     const struct fm_value *v)
 {
-    if (v->is_null) {
-        fm_reply_nil(r);
-    } else if (type == FM_TYPE_INTEGER) {
-        fm_reply_int(r, v->i);
-    } else if (type == FM_TYPE_DATETIME) {
-        char text[FM_DATETIME_TEXT_CAP];
-        size_t n = fm_format_datetime_cached(v->i, &e->dt_cache, text);
-        fm_reply_bulk(r, text, n);
-    } else {
-        fm_reply_bulk(r, v->s, v->len);
-    }
+    size_t need = VALUE_MAX;
+    if (!v->is_null && type == FM_TYPE_STRING)
+        need += v->len;
+    uint8_t *o = fm_reply_room(r, need);
+    if (o != NULL)
+        r->buf.len += put_value(e, o, type, v);
 }
 
+/*
+ * A row in one pass: its size is bounded first (the names are fixed, the
+ * strings' lengths known), so the reply grows at most once, and each
+ * column's name is copied ready-encoded.
+ */
 static void reply_row(struct fm_engine *e, struct fm_reply *r,
                       const struct fm_table *t, const struct fm_row *row)
 {
     const struct fm_table_def *d = t->def;
-    fm_reply_array(r, d->n_cols * 2);
+    size_t need = FM_REPLY_NUM_MAX + t->resp_name_off[d->n_cols];
     for (size_t c = 0; c < d->n_cols; c++) {
-        fm_reply_bulk(r, d->cols[c].name, d->cols[c].name_len);
-        fm_reply_value(e, r, d->cols[c].type, &row->v[c]);
+        need += VALUE_MAX;
+        if (!row->v[c].is_null && d->cols[c].type == FM_TYPE_STRING)
+            need += row->v[c].len;
     }
+    uint8_t *p = fm_reply_room(r, need);
+    if (p == NULL)
+        return;
+    uint8_t *o = p + fm_reply_put_num(p, '*', (int64_t)d->n_cols * 2);
+    for (size_t c = 0; c < d->n_cols; c++) {
+        size_t name_len = t->resp_name_off[c + 1] - t->resp_name_off[c];
+        memcpy(o, t->resp_names + t->resp_name_off[c], name_len);
+        o += name_len;
+        o += put_value(e, o, d->cols[c].type, &row->v[c]);
+    }
+    r->buf.len += (size_t)(o - p);
 }
 
 /* ---- WHERE / ORDER BY / LIMIT

@@ -540,6 +540,16 @@ fm_status fm_table_init(struct fm_table *t, struct fm_engine *e, size_t no)
     t->next_id = 1;
     t->n_user_cols = t->def->n_cols - 3;
     t->bitmap_len = (t->n_user_cols + 7) / 8;
+    /* "$" len CRLF name CRLF: at most 8 + FM_NAME_CAP bytes a column. */
+    t->resp_names = fm_malloc(t->def->n_cols * (8 + FM_NAME_CAP));
+    if (t->resp_names == NULL)
+        return FM_ERR_NOMEM;
+    for (size_t c = 0; c < t->def->n_cols; c++) {
+        const struct fm_column *col = &t->def->cols[c];
+        size_t at = t->resp_name_off[c];
+        at += fm_reply_put_bulk(t->resp_names + at, col->name, col->name_len);
+        t->resp_name_off[c + 1] = (uint16_t)at;
+    }
     for (size_t i = 0; i < t->def->n_indexes; i++) {
         struct fm_index *ix = &t->indexes[i];
         ix->def = &t->def->indexes[i];
@@ -578,6 +588,7 @@ void fm_table_fini(struct fm_table *t)
         fm_free(t->pages[p]);
     }
     fm_free(t->pages);
+    fm_free(t->resp_names);
     slab_fini(&t->slab);
     memset(t, 0, sizeof(*t));
 }

@@ -373,15 +373,6 @@ fail:
     c->flags |= FM_CLIENT_DIRTY_EXEC;
 }
 
-/* True when the reply's first value is an error. */
-static bool reply_is_error(const struct fm_reply *r)
-{
-    struct fm_reply_cursor cur;
-    struct fm_reply_value v;
-    fm_reply_cursor_init(&cur, r);
-    return fm_reply_next(&cur, &v) && v.type == FM_REPLY_ERROR;
-}
-
 /* Checks that come before running or queuing; false with an error. */
 static bool admit_command(struct fm_client *c, const struct fm_command_def *cmd,
                           bool engine, const struct fm_args *a,
@@ -497,7 +488,7 @@ void fm_client_execute(struct fm_client *c, const struct fm_args *a)
     stat->usec += (uint64_t)(now_us - srv->cmd_clock_us);
     srv->cmd_clock_us = now_us;
     stat->calls++;
-    bool failed = reply_is_error(r);
+    bool failed = fm_reply_is_error(r);
     if (failed) {
         stat->failed++;
         srv->total_errors++;

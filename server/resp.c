@@ -40,7 +40,8 @@
  * unbalanced quotes in request"). The parser does not recover from them:
  * the stream is out of step, and the server closes the connection.
  *
- * The encoder walks a struct fm_reply with its cursor and writes RESP2.
+ * Replies need no encoder: a struct fm_reply holds RESP2 bytes already
+ * (engine/reply.c), which the server appends to the client's output.
  */
 #include "server/resp.h"
 
@@ -469,120 +470,25 @@ out:
 
 /* ---- Encoding ---------------------------------------------------------- */
 
-/* Appends prefix, the number and CRLF: ":5", "$3", "*2". */
-static void put_num(struct fm_buf *out, char prefix, int64_t v)
-{
-    char *p = (char *)out->data + out->len;
-    p[0] = prefix;
-    size_t n = 1 + fm_format_i64(p + 1, v);
-    p[n++] = '\r';
-    p[n++] = '\n';
-    out->len += n;
-}
-
-/* Appends text with CR and LF turned into spaces, then CRLF. */
-static void put_line_text(struct fm_buf *out, const uint8_t *s, size_t len)
-{
-    uint8_t *p = out->data + out->len;
-    for (size_t i = 0; i < len; i++)
-        p[i] = (s[i] == '\r' || s[i] == '\n') ? ' ' : s[i];
-    p[len] = '\r';
-    p[len + 1] = '\n';
-    out->len += len + 2;
-}
-
-/* The bytes one value needs at most, or false on overflow. */
-static bool value_size(const struct fm_reply_value *v, size_t *out)
-{
-    /* prefix + 20 digits + sign + CRLF */
-    size_t n = 32;
-    if (v->type == FM_REPLY_ERROR)
-        n += strlen(fm_status_code(v->st)) + 1 +
-             strlen(fm_status_message(v->st));
-    return !fm_add_overflows(n, v->len, out);
-}
-
-static void encode_error(struct fm_buf *out, const struct fm_reply_value *v)
-{
-    const char *code = fm_status_code(v->st);
-    size_t code_len = strlen(code);
-    out->data[out->len++] = '-';
-    memcpy(out->data + out->len, code, code_len);
-    out->len += code_len;
-    out->data[out->len++] = ' ';
-    if (v->len > 0) {
-        put_line_text(out, v->str, v->len);
-    } else {
-        const char *msg = fm_status_message(v->st);
-        put_line_text(out, (const uint8_t *)msg, strlen(msg));
-    }
-}
-
 fm_status fm_resp_encode_reply(struct fm_buf *out, const struct fm_reply *r)
 {
-    size_t start_len = out->len;
-    struct fm_reply_cursor c;
-    struct fm_reply_value v;
-    fm_status st = FM_OK;
-    fm_reply_cursor_init(&c, r);
-    while (fm_reply_next(&c, &v)) {
-        size_t need;
-        if (!value_size(&v, &need)) {
-            st = FM_ERR_NOMEM;
-            goto fail;
-        }
-        st = fm_buf_reserve(out, need);
-        if (st != FM_OK)
-            goto fail;
-        switch (v.type) {
-        case FM_REPLY_NIL:
-            memcpy(out->data + out->len, "$-1\r\n", 5);
-            out->len += 5;
-            break;
-        case FM_REPLY_INT:
-            put_num(out, ':', v.i);
-            break;
-        case FM_REPLY_BULK:
-            put_num(out, '$', (int64_t)v.len);
-            if (v.len > 0)
-                memcpy(out->data + out->len, v.str, v.len);
-            out->len += v.len;
-            out->data[out->len++] = '\r';
-            out->data[out->len++] = '\n';
-            break;
-        case FM_REPLY_STATUS:
-            out->data[out->len++] = '+';
-            put_line_text(out, v.str, v.len);
-            break;
-        case FM_REPLY_ERROR:
-            encode_error(out, &v);
-            break;
-        case FM_REPLY_ARRAY:
-            put_num(out, '*', (int64_t)v.n);
-            break;
-        }
-    }
-    return FM_OK;
-fail:
-    out->len = start_len;
-    return st == FM_ERR_LIMIT ? FM_ERR_NOMEM : st;
+    const uint8_t *p;
+    size_t len;
+    fm_reply_bytes(r, &p, &len);
+    return fm_buf_append(out, p, len) == FM_OK ? FM_OK : FM_ERR_NOMEM;
 }
 
 fm_status fm_resp_append_error(struct fm_buf *out, fm_status st,
                                const char *msg)
 {
-    struct fm_reply_value v;
-    memset(&v, 0, sizeof(v));
-    v.type = FM_REPLY_ERROR;
-    v.st = st;
-    v.str = (const uint8_t *)msg;
-    v.len = strlen(msg);
-    size_t need;
-    if (!value_size(&v, &need))
+    /* A reply is its buffer and a flag: lend it out's buffer. */
+    struct fm_reply r = {.buf = *out, .failed = false};
+    fm_reply_error(&r, st, msg);
+    if (r.failed) {
+        r.buf.len = out->len;
+        *out = r.buf;
         return FM_ERR_NOMEM;
-    fm_status rst = fm_buf_reserve(out, need);
-    if (rst != FM_OK)
-        return FM_ERR_NOMEM;
-    encode_error(out, &v);
+    }
+    *out = r.buf;
     return FM_OK;
 }

@@ -86,14 +86,13 @@ fm_status fm_resp_parse_request(struct fm_resp_parser *p,
                                 struct fm_error *err);
 
 /*
- * Appends the RESP2 encoding of every value of r to out: ":n", "$len" and
- * the bytes, "$-1", "+text", "-CODE message" (CODE = fm_status_code), "*n".
- * CR and LF in status and error text are replaced by spaces so that a reply
- * can never break the framing. FM_ERR_NOMEM, out unchanged on failure.
+ * Appends r, which is RESP2 already (a failed reply as one OOM error), to
+ * out. FM_ERR_NOMEM, out unchanged on failure.
  */
 fm_status fm_resp_encode_reply(struct fm_buf *out, const struct fm_reply *r);
 
-/* Appends "-CODE msg\r\n" for a status and a message. FM_ERR_NOMEM. */
+/* Appends "-CODE msg\r\n" for a status and a message (CR and LF in msg
+ * become spaces). FM_ERR_NOMEM, out unchanged on failure. */
 fm_status fm_resp_append_error(struct fm_buf *out, fm_status st,
                                const char *msg);
 

@@ -935,4 +935,28 @@ Test(base, format_i64_matches_printf)
         cr_assert_eq(len, (size_t)n);
         cr_assert(memcmp(got, want, len) == 0, "%s", want);
     }
+    /* Every digit count and its edges, both signs, and random values. */
+    uint64_t x = 88172645463325252ULL;
+    for (int i = 0; i < 100000; i++) {
+        int64_t v;
+        if (i < 19 * 3 * 2) {
+            int64_t p10 = 1;
+            for (int d = 0; d < i / 6; d++)
+                p10 *= 10;
+            v = p10 + (i % 3) - 1;
+            if (i % 6 >= 3)
+                v = -v;
+        } else {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v = (int64_t)(x >> (x % 64));
+        }
+        char want[32];
+        char got[32];
+        int n = snprintf(want, sizeof(want), "%lld", (long long)v);
+        size_t len = fm_format_i64(got, v);
+        cr_assert_eq(len, (size_t)n, "%s", want);
+        cr_assert(memcmp(got, want, len) == 0, "%s", want);
+    }
 }
