@@ -14,15 +14,17 @@
 #            --appendfsync always (one fdatasync per loop turn for both)
 #
 # Each pair of commands runs with redis-benchmark -c 50, without pipelining
-# and with -P 16, and the script prints requests/s and p99 latency of both
-# and the ratio fermata/Redis:
+# and with -P 16, and the script prints requests/s and p99 latency of both,
+# the ratio fermata/Redis, and the CPU time per request of each server and
+# of redis-benchmark (on 2 cores the client can be the limit: then its
+# column is near 1e6/rate microseconds and the ratio measures the client):
 #
 #   PING                                      vs PING
 #   GET tracks __rand_int__                   vs GET key:__rand_int__
 #   GET tracks __rand_int__                   vs HGETALL track:__rand_int__
-#       (ROW: the same reply on both sides, a 14-element array of the
-#       track's 7 columns; GET of a short string is the issue's pair, but
-#       the client parses 15 RESP values per fermata reply against 1)
+#       (ROW: the same reply on both sides, a 16-element array of the
+#       track's 8 columns; GET of a short string is the issue's pair, but
+#       the client parses 17 RESP values per fermata reply against 1)
 #   INSERT artists name x                     vs HSET artist:__rand_int__ name x
 #   UPSERT user_track_history user_id 1 track_id 1
 #          INCR listen_count 1                vs HINCRBY user:1 listen_count 1
@@ -133,32 +135,45 @@ seed() {
     }' | redis-cli -p "$redis_port" --pipe >/dev/null
 }
 
-# run PORT PIPELINE COMMAND... -> "rps p99_ms"
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { # pid
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+
+# run PORT PID PIPELINE COMMAND... -> "rps p99_ms server_us client_us": the
+# last two are the CPU microseconds per request that the server (PID) and
+# redis-benchmark spent, which say which side of the pair was the limit.
 run() {
-    local port=$1 pipe=$2
-    shift 2
-    redis-benchmark -p "$port" -c "$clients" -n "$requests" -P "$pipe" \
-        -r "$keys" --csv "$@" 2>/dev/null |
-        awk -F'","' 'NR == 2 { gsub(/"/, "", $2); gsub(/"/, "", $7); print $2, $7 }'
+    local port=$1 pid=$2 pipe=$3 out s0 s1 TIMEFORMAT='%U %S'
+    shift 3
+    s0=$(cpu_s "$pid")
+    out=$( { time redis-benchmark -p "$port" -c "$clients" -n "$requests" \
+        -P "$pipe" -r "$keys" --csv "$@" 2>/dev/null; } 2>&1)
+    s1=$(cpu_s "$pid")
+    awk -v s0="$s0" -v s1="$s1" -v n="$requests" -F'","' '
+        NR == 2 { gsub(/"/, "", $2); gsub(/"/, "", $7); rps = $2; p99 = $7 }
+        NF == 1 && split($0, t, " ") == 2 { cl = t[1] + t[2] }
+        END { printf "%s %s %.2f %.2f\n", rps, p99, (s1 - s0) * 1e6 / n, cl * 1e6 / n }' <<<"$out"
 }
 
 compare() { # name, fermata command, redis command (strings, split on spaces)
     local name=$1 fm_cmd=$2 rd_cmd=$3 pipe fm rd
     for pipe in 1 16; do
         # shellcheck disable=SC2086
-        fm=$(run "$fm_port" "$pipe" $fm_cmd)
+        fm=$(run "$fm_port" "$fm_pid" "$pipe" $fm_cmd)
         # shellcheck disable=SC2086
-        rd=$(run "$redis_port" "$pipe" $rd_cmd)
+        rd=$(run "$redis_port" "$redis_pid" "$pipe" $rd_cmd)
         set -- $fm $rd
-        awk -v m="$mode" -v n="$name" -v p="$pipe" -v f="$1" -v fp="$2" -v r="$3" -v rp="$4" \
-            'BEGIN { printf "| %-7s | %-6s | %2s | %9.0f | %9.0f | %5.2f | %6.3f | %6.3f |\n", m, n, p, f, r, (r > 0 ? f / r : 0), fp, rp }'
+        awk -v m="$mode" -v n="$name" -v p="$pipe" -v f="$1" -v fp="$2" -v fs="$3" -v fc="$4" \
+            -v r="$5" -v rp="$6" -v rs="$7" -v rc="$8" \
+            'BEGIN { printf "| %-7s | %-6s | %2s | %9.0f | %9.0f | %5.2f | %6.3f | %6.3f | %5.2f | %5.2f | %5.2f | %5.2f |\n", m, n, p, f, r, (r > 0 ? f / r : 0), fp, rp, fs, rs, fc, rc }'
     done
 }
 
 echo "requests per run: $requests, clients: $clients, seed: $keys rows per table / keys"
 echo
-echo "| mode    | test   |  P | fermata/s |   redis/s | ratio | fm p99 | rd p99 |"
-echo "|---------|--------|---:|----------:|----------:|------:|-------:|-------:|"
+echo "| mode    | test   |  P | fermata/s |   redis/s | ratio | fm p99 | rd p99 | fm srv | rd srv | fm cli | rd cli |"
+echo "|---------|--------|---:|----------:|----------:|------:|-------:|-------:|-------:|-------:|-------:|-------:|"
 for mode in $modes; do
     start_servers "$mode"
     seed
@@ -171,4 +186,6 @@ for mode in $modes; do
     stop_servers
 done
 echo
-echo "p99 in milliseconds; ratio = fermata/Redis requests per second."
+echo "p99 in milliseconds; ratio = fermata/Redis requests per second; srv and cli"
+echo "are the CPU microseconds per request of the server and of redis-benchmark"
+echo "(a side near 1e6/rate us per request was the pair's limit)."
