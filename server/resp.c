@@ -420,7 +420,11 @@ static fm_status parse_inline(struct fm_resp_parser *p,
     const uint8_t *nl = memchr(req + p->pos, '\n', avail - p->pos);
     if (nl == NULL) {
         p->pos = avail;
-        if (avail > lim->max_inline_len)
+        /* The limit counts the line without its CRLF, and the CR may have
+         * arrived without the LF: a line of exactly max_inline_len bytes
+         * must not be refused because the read ended between the two. */
+        if (avail > lim->max_inline_len &&
+            (avail - 1 > lim->max_inline_len || req[avail - 1] != '\r'))
             goto fail_too_big;
         return FM_OK;
     }

@@ -291,6 +291,20 @@ Test(resp, over_long_inline_line_is_a_limit_error)
     free(line);
 }
 
+Test(resp, a_line_of_exactly_max_inline_len_is_accepted_however_it_is_cut)
+{
+    /* Found by tests/fuzz/fuzz_resp: a read that ended between the CR and
+     * the LF made the line look one byte over the limit. */
+    char line[1024 + 2];
+    memset(line, 'a', 1024);
+    line[1024] = '\r';
+    line[1025] = '\n';
+    struct result r = parse_once(line, sizeof(line), &limits);
+    cr_assert_eq(r.st, FM_OK);
+    cr_assert(r.complete);
+    check_every_split(line, sizeof(line));
+}
+
 Test(resp, pipeline_of_many_requests_is_parsed_in_order)
 {
     struct fm_buf b = {0};
