@@ -133,12 +133,21 @@ rss_mb() { # pid
 
 # ---------------------------------------------------------------- write
 
-# run PORT CLIENTS REQUESTS COMMAND... -> "rps p50_ms p99_ms"
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { # pid
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+
+# run PORT PID CLIENTS REQUESTS COMMAND... -> "rps p50_ms p99_ms srv_us":
+# srv_us is the server's (PID's) CPU microseconds per request.
 run() {
-    local port=$1 clients=$2 n=$3
-    shift 3
+    local port=$1 pid=$2 clients=$3 n=$4 s0 s1
+    shift 4
+    s0=$(cpu_s "$pid")
     redis-benchmark -p "$port" -c "$clients" -n "$n" -P 1 -r 1000000 --csv "$@" 2>/dev/null |
-        awk -F'","' 'NR == 2 { gsub(/"/, "", $7); print $2, $5, $7 }'
+        awk -F'","' 'NR == 2 { gsub(/"/, "", $7); print $2, $5, $7 }' >"$tmp/run.out"
+    s1=$(cpu_s "$pid")
+    awk -v s0="$s0" -v s1="$s1" -v n="$n" '{ printf "%s %s %s %.2f\n", $1, $2, $3, (s1 - s0) * 1e6 / n }' "$tmp/run.out"
 }
 
 # median of ROUNDS "rps p50 p99" lines on stdin, by rps
@@ -150,10 +159,11 @@ write_part() {
     local policy clients n fm rd r
     echo "## Durable writes: INSERT artists name x vs HSET artist:__rand_int__ name x"
     echo
-    echo "No pipelining; median of $rounds runs by ops/s; latency in ms."
+    echo "No pipelining; median of $rounds runs by ops/s; latency in ms; srv: the"
+    echo "server's CPU microseconds per request in that run."
     echo
-    echo "| fsync    |  c | fermata ops/s | Redis ops/s | ratio | fm p50 | rd p50 | fm p99 | rd p99 |"
-    echo "|----------|---:|--------------:|------------:|------:|-------:|-------:|-------:|-------:|"
+    echo "| fsync    |  c | fermata ops/s | Redis ops/s | ratio | fm p50 | rd p50 | fm p99 | rd p99 | fm srv | rd srv |"
+    echo "|----------|---:|--------------:|------------:|------:|-------:|-------:|-------:|-------:|-------:|-------:|"
     for policy in always everysec; do
         rm -rf "$tmp/w"
         mkdir -p "$tmp/w/redis"
@@ -171,17 +181,17 @@ write_part() {
             esac
             : >"$tmp/w/fm" && : >"$tmp/w/rd"
             for ((r = 0; r < rounds; r++)); do
-                run "$fm_port" "$clients" "$n" INSERT artists name x >>"$tmp/w/fm"
-                run "$redis_port" "$clients" "$n" HSET 'artist:__rand_int__' name x >>"$tmp/w/rd"
+                run "$fm_port" "$fm_pid" "$clients" "$n" INSERT artists name x >>"$tmp/w/fm"
+                run "$redis_port" "$redis_pid" "$clients" "$n" HSET 'artist:__rand_int__' name x >>"$tmp/w/rd"
             done
             fm=$(median <"$tmp/w/fm")
             rd=$(median <"$tmp/w/rd")
             # shellcheck disable=SC2086
             set -- $fm $rd
-            awk -v p="$policy" -v c="$clients" -v f="$1" -v fp5="$2" -v fp9="$3" \
-                -v r="$4" -v rp5="$5" -v rp9="$6" 'BEGIN {
-                printf "| %-8s | %2s | %13.0f | %11.0f | %5.2f | %6.3f | %6.3f | %6.3f | %6.3f |\n",
-                    p, c, f, r, (r > 0 ? f / r : 0), fp5, rp5, fp9, rp9 }'
+            awk -v p="$policy" -v c="$clients" -v f="$1" -v fp5="$2" -v fp9="$3" -v fs="$4" \
+                -v r="$5" -v rp5="$6" -v rp9="$7" -v rs="$8" 'BEGIN {
+                printf "| %-8s | %2s | %13.0f | %11.0f | %5.2f | %6.3f | %6.3f | %6.3f | %6.3f | %6.2f | %6.2f |\n",
+                    p, c, f, r, (r > 0 ? f / r : 0), fp5, rp5, fp9, rp9, fs, rs }'
         done
         stop_servers
     done
