@@ -205,6 +205,32 @@ Test(snapshot, empty_snapshot_round_trips)
     cr_assert_eq(got, 0);
 }
 
+Test(snapshot, reading_starts_without_arithmetic_on_an_empty_stream)
+{
+    /* Found by tests/fuzz/fuzz_wal under clang's UBSan: the first
+     * fm_snapshot_reader_next computed NULL + 0 on the stream that no
+     * block had filled yet, which is undefined behaviour (gcc's UBSan
+     * does not report it; a clang -fsanitize=undefined build fails here). */
+    write_snapshot(1, 1);
+    char path[512];
+    snap_path(path, sizeof(path), 1);
+    struct fm_snapshot_reader *r = NULL;
+    struct fm_error err = {0};
+    cr_assert_eq(fm_snapshot_reader_open(path, NULL, 0, &r, &err), FM_OK, "%s",
+                 err.msg);
+    const uint8_t *chunk;
+    size_t len;
+    bool end = true;
+    cr_assert_eq(fm_snapshot_reader_next(r, &chunk, &len, &end, &err), FM_OK,
+                 "%s", err.msg);
+    cr_assert(!end);
+    cr_assert_eq(len, 0);
+    cr_assert_eq(fm_snapshot_reader_next(r, &chunk, &len, &end, &err), FM_OK,
+                 "%s", err.msg);
+    cr_assert(end);
+    fm_snapshot_reader_close(r);
+}
+
 Test(snapshot, row_like_text_is_compressed)
 {
     struct fm_snapshot_writer *w;

@@ -711,8 +711,10 @@ fm_status fm_snapshot_reader_next(struct fm_snapshot_reader *r,
     }
     for (;;) {
         size_t avail = r->stream.len - r->stream_pos;
-        const uint8_t *p = r->stream.data + r->stream_pos;
         if (avail >= 4) {
+            /* Only now: before the first block the stream has no memory,
+             * and NULL + 0 is undefined behaviour. */
+            const uint8_t *p = r->stream.data + r->stream_pos;
             size_t n = fm_load_le32(p);
             if (n > FM_SNAPSHOT_CHUNK_MAX)
                 return corrupt(r, r->off, err, "chunk length over the limit");
