@@ -5,7 +5,8 @@
  *
  * The server runs with --port 0 and the test reads the port back from the
  * "Ready to accept connections" line of its log, so tests never collide on
- * a fixed port. Waiting is a bounded poll, not a sleep.
+ * a fixed port. Waiting is a bounded poll, not a sleep. The server is
+ * killed when the test's process ends, however it ends.
  */
 #ifndef FM_TESTS_SERVER_PROC_H
 #define FM_TESTS_SERVER_PROC_H
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,9 +44,14 @@ static inline pid_t fm_test_start_server(const char *dir, const char *log_path,
                                          char *const *env, int *port_out)
 {
     unlink(log_path);
+    pid_t parent = getpid();
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
+        /* A test that fails an assertion exits without stopping its
+         * server: the kernel does it, so no server outlives its test. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+            _exit(127);
         const char *argv[32] = {FM_SERVER_BIN, "--port", "0", "--dir", dir};
         size_t n = 5;
         for (size_t i = 0; args != NULL && args[i] != NULL && n < 31; i++)
