@@ -310,6 +310,14 @@ static fm_status take_name(struct parser *ps, char *out, const char *what)
     return next(ps);
 }
 
+static void literal_fini(struct fm_literal *l)
+{
+    fm_free(l->str);
+    l->str = NULL;
+}
+
+/* Reads a literal into out and advances. On failure out owns nothing, so
+ * that a caller that has not counted it yet leaks nothing. */
 static fm_status take_literal(struct parser *ps, enum fm_type type,
                               struct fm_literal *out)
 {
@@ -344,7 +352,10 @@ static fm_status take_literal(struct parser *ps, enum fm_type type,
     }
     out->str = s;
     out->len = n;
-    return next(ps);
+    fm_status st = next(ps);
+    if (st != FM_OK)
+        literal_fini(out);
+    return st;
 }
 
 static fm_status parse_type(struct parser *ps, enum fm_type *out)
@@ -808,12 +819,6 @@ fail:
     fm_free(ps);
     fm_schema_fini(&s);
     return st;
-}
-
-static void literal_fini(struct fm_literal *l)
-{
-    fm_free(l->str);
-    l->str = NULL;
 }
 
 void fm_schema_fini(struct fm_schema *s)
