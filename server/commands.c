@@ -373,6 +373,19 @@ fail:
     c->flags |= FM_CLIENT_DIRTY_EXEC;
 }
 
+/*
+ * Whether the client may run commands other than AUTH, HELLO and QUIT.
+ * Asked at every command rather than fixed at accept: with no password
+ * configured every client is authenticated, including one that connected
+ * while a password was set and never gave it (as Redis does; a flag set at
+ * accept would lock it out after CONFIG SET requirepass ""). A password
+ * set later applies to such a client again.
+ */
+static bool is_authenticated(const struct fm_client *c)
+{
+    return (c->flags & FM_CLIENT_AUTHED) || c->srv->cfg.requirepass[0] == '\0';
+}
+
 /* Checks that come before running or queuing; false with an error. */
 static bool admit_command(struct fm_client *c, const struct fm_command_def *cmd,
                           bool engine, const struct fm_args *a,
@@ -382,7 +395,7 @@ static bool admit_command(struct fm_client *c, const struct fm_command_def *cmd,
         reply_unknown(a, r);
         return false;
     }
-    if (!(c->flags & FM_CLIENT_AUTHED) &&
+    if (!is_authenticated(c) &&
         (cmd == NULL || !(cmd->flags & FM_CMD_NOAUTH))) {
         fm_reply_error(r, FM_ERR_NOAUTH, "Authentication required.");
         return false;
@@ -693,7 +706,7 @@ static void cmd_hello(struct fm_client *c, const struct fm_args *a,
                      a->argv[auth_at + 2], a->argv_len[auth_at + 2],
                      r) != FM_OK)
         return;
-    if (!(c->flags & FM_CLIENT_AUTHED)) {
+    if (!is_authenticated(c)) {
         fm_reply_error(r, FM_ERR_NOAUTH,
                        "HELLO must be called with the client already "
                        "authenticated, otherwise the HELLO <proto> AUTH "

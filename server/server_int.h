@@ -29,7 +29,7 @@
 #define FM_IDLE_SHRINK_US (2 * 1000 * 1000)
 
 enum fm_client_flag {
-    FM_CLIENT_AUTHED = 1 << 0,        /* AUTH passed, or no requirepass */
+    FM_CLIENT_AUTHED = 1 << 0,        /* AUTH passed, or none set at accept */
     FM_CLIENT_MULTI = 1 << 1,         /* between MULTI and EXEC/DISCARD */
     FM_CLIENT_DIRTY_EXEC = 1 << 2,    /* a command failed to queue */
     FM_CLIENT_CLOSE_AFTER = 1 << 3,   /* close once the output is written */

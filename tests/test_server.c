@@ -402,6 +402,31 @@ Test(server, auth_guards_every_command_when_requirepass_is_set, .fini = stop)
     close(fd);
 }
 
+Test(server, clearing_requirepass_lets_waiting_clients_in, .fini = stop)
+{
+    start_with("requirepass", "s3cret", NULL);
+    redisContext *admin = connect_client();
+    redisContext *c = connect_client();
+    expect_status(admin, "OK", "AUTH s3cret");
+    expect_error(c, "NOAUTH", "PING");
+    /* With no password configured every client is authenticated, those
+     * that connected while one was set included (as in Redis). */
+    expect_status(admin, "OK", "CONFIG SET requirepass %s", "");
+    expect_status(c, "PONG", "PING");
+    redisReply *r = command(c, "HELLO 2");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    freeReplyObject(r);
+    expect_error(c, "ERR AUTH <password> called without", "AUTH x");
+    /* A password set again applies to the client that never gave one. */
+    expect_status(admin, "OK", "CONFIG SET requirepass %s", "other");
+    expect_error(c, "NOAUTH", "PING");
+    expect_status(admin, "PONG", "PING");
+    expect_status(c, "OK", "AUTH other");
+    expect_status(c, "PONG", "PING");
+    redisFree(c);
+    redisFree(admin);
+}
+
 Test(server, auth_without_requirepass_is_an_error, .init = start, .fini = stop)
 {
     redisContext *c = connect_client();
