@@ -172,7 +172,11 @@ fm_status fm_engine_flush(struct fm_engine *e, struct fm_error *err);
 /* True when writes were committed since the last flush. */
 bool fm_engine_has_pending(const struct fm_engine *e);
 
-/* Why writes are refused, or NULL while the engine is writable. */
+/*
+ * Why writes are refused, or NULL while the engine is writable. A WAL that
+ * failed in the background (everysec fdatasync) counts at once, before a
+ * write or fm_engine_cron notices it. Borrowed; lives as long as e.
+ */
 const char *fm_engine_readonly_reason(const struct fm_engine *e);
 
 /*
@@ -191,9 +195,11 @@ fm_status fm_engine_save(struct fm_engine *e, struct fm_error *err);
 fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err);
 
 /*
- * Periodic work, called about ten times a second: reaps a finished snapshot
- * child (then deletes covered WAL segments and old snapshots), and starts a
- * background snapshot when snapshot.interval_s or snapshot.wal_mb says so.
+ * Periodic work, called about ten times a second: turns the engine
+ * read-only when the WAL failed in the background (logging why and which
+ * acknowledged LSNs may be lost), reaps a finished snapshot child (then
+ * deletes covered WAL segments and old snapshots), and starts a background
+ * snapshot when snapshot.interval_s or snapshot.wal_mb says so.
  */
 void fm_engine_cron(struct fm_engine *e);
 

@@ -556,10 +556,25 @@ static void reap_child(struct fm_engine *e, bool block)
          (unsigned long long)rep.cow_bytes / 1024);
 }
 
+/*
+ * Under everysec the WAL's background thread can fail an fdatasync while
+ * no write comes: the handle turns read-only, but it logs nothing from its
+ * thread and the engine would learn it only at the next append. The cron
+ * asks, so that the engine refuses writes, the log says why (with the
+ * acknowledged LSNs that may be lost) and INFO shows it within a tick
+ * (SPEC section 4).
+ */
+static void notice_wal_failure(struct fm_engine *e)
+{
+    if (!e->readonly && fm_wal_is_readonly(e->wal))
+        go_readonly(e, fm_wal_readonly_reason(e->wal));
+}
+
 void fm_engine_cron(struct fm_engine *e)
 {
     if (e->wal == NULL)
         return;
+    notice_wal_failure(e);
     reap_child(e, false);
     if (e->child_pid != 0 || e->readonly)
         return;
@@ -607,7 +622,12 @@ bool fm_engine_has_pending(const struct fm_engine *e)
 
 const char *fm_engine_readonly_reason(const struct fm_engine *e)
 {
-    return e->readonly ? e->readonly_reason : NULL;
+    if (e->readonly)
+        return e->readonly_reason;
+    /* Failed in the background since the last cron tick. */
+    if (e->wal != NULL && fm_wal_is_readonly(e->wal))
+        return fm_wal_readonly_reason(e->wal);
+    return NULL;
 }
 
 fm_status fm_engine_shutdown(struct fm_engine *e, bool nosave,
@@ -650,9 +670,10 @@ void fm_engine_persist_stats(const struct fm_engine *e,
     *out = e->pstats;
     out->enabled = e->wal != NULL;
     out->fsync = e->fsync;
-    out->readonly = e->readonly;
+    const char *why = fm_engine_readonly_reason(e);
+    out->readonly = why != NULL;
     snprintf(out->readonly_reason, sizeof(out->readonly_reason), "%s",
-             e->readonly ? e->readonly_reason : "");
+             why != NULL ? why : "");
     out->bgsave_in_progress = e->child_pid != 0;
     if (e->wal == NULL)
         return;
