@@ -322,19 +322,20 @@ const char *fm_engine_schema_text(const struct fm_engine *e, size_t *len_out);
 
 /* What one file of a data directory holds. */
 struct fm_check_item {
-    bool is_snapshot;    /* else a WAL segment */
-    const char *file;    /* name inside the directory */
-    uint64_t first_lsn;  /* segment: first record; snapshot: its LSN */
-    uint64_t last_lsn;   /* segment: last valid record */
-    uint64_t n_records;  /* segment: valid records; snapshot: chunks */
-    uint64_t size_bytes; /* the file */
-    uint64_t raw_bytes;  /* snapshot: uncompressed */
-    int64_t bad_offset;  /* first damaged byte, or -1 */
-    uint64_t torn_bytes; /* segment: a torn tail (cut by --fix) */
-    uint64_t zero_bytes; /* segment: preallocated zeros after the records */
-    fm_status st;        /* FM_OK or what is wrong */
-    const char *msg;     /* "" when st is FM_OK */
-    size_t n_tables;     /* snapshot: per-table row counts follow */
+    bool is_snapshot;      /* else a WAL segment */
+    const char *file;      /* name inside the directory */
+    uint64_t first_lsn;    /* segment: first record; snapshot: its LSN */
+    uint64_t last_lsn;     /* segment: last valid record */
+    uint64_t n_records;    /* segment: valid records; snapshot: chunks */
+    uint64_t size_bytes;   /* the file */
+    uint64_t raw_bytes;    /* snapshot: uncompressed */
+    int64_t bad_offset;    /* first damaged byte, or -1 */
+    uint64_t torn_bytes;   /* segment: a torn tail (cut by --fix) */
+    uint64_t torn_records; /* segment: intact records in it (a torn group) */
+    uint64_t zero_bytes;   /* segment: preallocated zeros after the records */
+    fm_status st;          /* FM_OK or what is wrong */
+    const char *msg;       /* "" when st is FM_OK */
+    size_t n_tables;       /* snapshot: per-table row counts follow */
     const char *const *table_names;
     const uint64_t *table_rows;
 };

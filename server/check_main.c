@@ -39,7 +39,12 @@ static void print_item(void *ctx, const struct fm_check_item *it)
                " records, %" PRIu64 " bytes, %s\n",
                it->file, it->first_lsn, it->last_lsn, it->n_records,
                it->size_bytes, it->st == FM_OK ? "ok" : "DAMAGED");
-        if (it->torn_bytes > 0)
+        if (it->torn_bytes > 0 && it->torn_records > 0)
+            printf("  torn group of %" PRIu64 " bytes, %" PRIu64
+                   " intact records after the damage written after the last "
+                   "fdatasync (--fix cuts it)\n",
+                   it->torn_bytes, it->torn_records);
+        else if (it->torn_bytes > 0)
             printf("  torn tail of %" PRIu64 " bytes (--fix cuts it)\n",
                    it->torn_bytes);
         if (it->zero_bytes > 0)

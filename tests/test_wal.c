@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
 #include "engine/base.h"
 #include "tests/tmpdir.h"
 #include "wal/wal.h"
@@ -620,7 +622,12 @@ Test(wal, bad_record_followed_by_good_ones_is_corrupt)
     char path[512];
     seg_path(path, sizeof(path), 1);
     uint64_t off5 = file_size(path);
-    append_range(wal, 5, 10, 1);
+    append_range(wal, 5, 5, 1);
+    /* Record 5 is made durable before 6..10 are framed: they say so, and
+     * damage to it can then only be the medium's, not a crash's. */
+    struct fm_error serr = {0};
+    cr_assert_eq(fm_wal_sync(wal, &serr), FM_OK, "%s", serr.msg);
+    append_range(wal, 6, 10, 1);
     fm_wal_close(wal);
     /* Damage the LSN field of record 5. */
     size_t len;
@@ -669,6 +676,134 @@ Test(wal, bad_record_followed_by_good_ones_is_corrupt)
                  FM_OK);
     cr_assert_eq(lsn, 11);
     fm_wal_close(wal);
+}
+
+/*
+ * Power lost during the fdatasync of a group can keep a later page of it
+ * and lose an earlier one: damage followed by intact records of the same
+ * unsynced group. That is a torn group, cut whole, not corruption; the
+ * same damage once a later group proves it was synced is corruption.
+ */
+Test(wal, a_torn_group_is_cut_with_the_intact_records_after_it)
+{
+    for (int synced_after = 0; synced_after < 2; synced_after++) {
+        teardown();
+        setup();
+        struct fm_wal_options o = base_opts();
+        o.segment_size = 1 << 20;
+        o.fsync = FM_WAL_FSYNC_ALWAYS;
+        o.no_prealloc = true;
+        struct fm_wal *wal = open_ok(&o);
+        append_range(wal, 1, 4, 1);
+        char path[512];
+        seg_path(path, sizeof(path), 1);
+        uint64_t off5 = file_size(path);
+        append_range(wal, 5, 10, 6); /* one group: 5..10 */
+        if (synced_after)
+            append_range(wal, 11, 12, 2); /* framed once 5..10 were synced */
+        fm_wal_close(wal);
+        size_t len;
+        uint8_t *img = read_whole(path, &len);
+        /* The page holding record 5 never reached the disk. */
+        memset(img + off5, 0, 20);
+        write_whole(path, img, len);
+        free(img);
+
+        struct log_capture logs = {0};
+        o.log_fn = capture_log;
+        o.log_ctx = &logs;
+        struct fm_error err = {0};
+        fm_status st = fm_wal_open(&o, &wal, &err);
+        if (synced_after) {
+            cr_assert_eq(st, FM_ERR_CORRUPT, "%s", fm_status_name(st));
+            cr_assert(strstr(err.msg, "followed by valid records") != NULL,
+                      "%s", err.msg);
+            cr_assert_eq(file_size(path), len);
+            continue;
+        }
+        cr_assert_eq(st, FM_OK, "%s", err.msg);
+        struct fm_wal_recovery rec;
+        fm_wal_get_recovery(wal, &rec);
+        cr_assert_eq(rec.last_lsn, 4);
+        cr_assert_eq(rec.torn_records, 5);
+        cr_assert_eq(rec.torn_bytes, len - off5);
+        cr_assert_eq(file_size(path), off5);
+        cr_assert(strstr(logs.last, "torn group") != NULL, "%s", logs.last);
+        cr_assert(strstr(logs.last, "5 intact records") != NULL, "%s",
+                  logs.last);
+        expect_records(wal, 0, 1, 4);
+        /* The log goes on from the cut. */
+        append_range(wal, 5, 6, 1);
+        fm_wal_close(wal);
+        wal = open_ok(&o);
+        expect_records(wal, 0, 1, 6);
+        fm_wal_close(wal);
+    }
+}
+
+/* Writes a version 1 segment (24-byte records without the unsynced
+ * distance) holding lsns first..last, as an older build did. */
+static void write_v1_segment(uint64_t first, uint64_t last)
+{
+    size_t n = strlen(schema_a);
+    uint8_t buf[8192];
+    memcpy(buf, "FMWALSEG", 8);
+    fm_store_le32(buf + 8, 1);
+    fm_store_le32(buf + 12, (uint32_t)n);
+    fm_store_le64(buf + 16, first);
+    fm_store_le64(buf + 24, 0);
+    memcpy(buf + 32, schema_a, n);
+    fm_store_le64(buf + 32 + n, XXH3_64bits(buf, 32 + n));
+    size_t off = 40 + n;
+    for (uint64_t lsn = first; lsn <= last; lsn++) {
+        uint8_t *r = buf + off;
+        size_t len = payload_of(lsn, r + 24);
+        fm_store_le32(r, 0x31524d46);
+        fm_store_le32(r + 4, (uint32_t)len);
+        fm_store_le64(r + 8, lsn);
+        fm_store_le64(r + 16,
+                      XXH3_64bits_withSeed(r + 24, len, XXH3_64bits(r, 16)));
+        off += 24 + len;
+        cr_assert_lt(off + 300, sizeof(buf));
+    }
+    char path[512];
+    seg_path(path, sizeof(path), first);
+    write_whole(path, buf, off);
+}
+
+Test(wal, version_1_segments_are_read_and_never_appended_to)
+{
+    write_v1_segment(1, 7);
+    struct fm_wal_options o = base_opts();
+    o.segment_size = 1 << 20;
+    struct fm_wal *wal = open_ok(&o);
+    expect_records(wal, 0, 1, 7);
+    append_range(wal, 8, 9, 1);
+    fm_wal_close(wal);
+    struct seg_list l;
+    list_segments(&l);
+    cr_assert_eq(l.n, 2);
+    cr_assert_eq(l.lsns[1], 8);
+    wal = open_ok(&o);
+    expect_records(wal, 0, 1, 9);
+    fm_wal_close(wal);
+    struct fm_error err = {0};
+    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, 0, NULL, NULL, &err), FM_OK,
+                 "%s", err.msg);
+
+    /* In a version 1 segment damage followed by records is corruption:
+     * its records cannot say what was synced. */
+    teardown();
+    setup();
+    write_v1_segment(1, 7);
+    char path[512];
+    seg_path(path, sizeof(path), 1);
+    size_t len;
+    uint8_t *img = read_whole(path, &len);
+    img[40 + strlen(schema_a) + 30] ^= 1; /* inside record 1 */
+    write_whole(path, img, len);
+    free(img);
+    cr_assert_eq(fm_wal_open(&o, &wal, &err), FM_ERR_CORRUPT);
 }
 
 Test(wal, damaged_tail_of_an_earlier_segment_is_corrupt_not_torn)
@@ -1140,7 +1275,8 @@ Test(wal, check_dir_reports_every_segment_and_fix_cuts_a_torn_tail)
     struct reports rs = {0};
     struct fm_error err = {0};
     cr_assert_eq(fm_wal_check_dir(dir, (const uint8_t *)schema_a,
-                                  strlen(schema_a), collect_report, &rs, &err),
+                                  strlen(schema_a), 0, collect_report, &rs,
+                                  &err),
                  FM_OK, "%s", err.msg);
     cr_assert_eq(rs.n, l.n);
     uint64_t total = 0;
@@ -1159,7 +1295,7 @@ Test(wal, check_dir_reports_every_segment_and_fix_cuts_a_torn_tail)
     uint8_t *img = read_whole(path, &len);
     write_whole(path, img, len - 3);
     rs.n = 0;
-    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, collect_report, &rs, &err),
+    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, 0, collect_report, &rs, &err),
                  FM_OK);
     cr_assert_gt(rs.r[rs.n - 1].torn_bytes, 0);
     cr_assert_eq(rs.r[rs.n - 1].last_lsn, 99);
@@ -1167,7 +1303,7 @@ Test(wal, check_dir_reports_every_segment_and_fix_cuts_a_torn_tail)
     cr_assert_eq(fm_wal_fix_dir(dir, &torn, &err), FM_OK, "%s", err.msg);
     cr_assert_eq(torn, rs.r[rs.n - 1].torn_bytes);
     rs.n = 0;
-    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, collect_report, &rs, &err),
+    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, 0, collect_report, &rs, &err),
                  FM_OK);
     cr_assert_eq(rs.r[rs.n - 1].torn_bytes, 0);
 
@@ -1180,7 +1316,7 @@ Test(wal, check_dir_reports_every_segment_and_fix_cuts_a_torn_tail)
     write_whole(first, img, len);
     free(img);
     rs.n = 0;
-    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, collect_report, &rs, &err),
+    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, 0, collect_report, &rs, &err),
                  FM_ERR_CORRUPT);
     cr_assert_eq(rs.r[0].st, FM_ERR_CORRUPT);
     cr_assert_geq(rs.r[0].first_bad_offset, 0);
@@ -1190,7 +1326,8 @@ Test(wal, check_dir_reports_every_segment_and_fix_cuts_a_torn_tail)
     /* Schema check in verification. */
     rs.n = 0;
     cr_assert_eq(fm_wal_check_dir(dir, (const uint8_t *)schema_b,
-                                  strlen(schema_b), collect_report, &rs, &err),
+                                  strlen(schema_b), 0, collect_report, &rs,
+                                  &err),
                  FM_ERR_SCHEMA);
 }
 
@@ -1256,7 +1393,7 @@ Test(wal, check_dir_tells_preallocated_zeros_from_a_torn_tail)
     free(always_segment(&o, 1 << 20, 40, 4, path, &len, &end));
     struct reports rs = {0};
     struct fm_error err = {0};
-    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, collect_report, &rs, &err),
+    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, 0, collect_report, &rs, &err),
                  FM_OK, "%s", err.msg);
     cr_assert_eq(rs.n, 1);
     cr_assert_eq(rs.r[0].st, FM_OK);

@@ -113,6 +113,7 @@
 
 struct wal_segment {
     uint64_t first_lsn; /* from the name and the header */
+    uint32_t version;   /* of its format; only FM_SEG_VERSION is appended */
     uint64_t size;      /* bytes of header and records */
     uint64_t file_len;  /* bytes in the file: size, then preallocated zeros */
     uint64_t n_records; /* valid records */
@@ -141,9 +142,10 @@ struct fm_wal {
     bool prealloc;         /* keep zeros ahead of seg_off under always */
     size_t seg_header_len; /* header bytes of a segment we create */
 
-    uint64_t next_lsn;      /* LSN the next append gets */
-    struct fm_buf pending;  /* framed records not yet written */
-    uint64_t pending_first; /* LSN of the first of them */
+    uint64_t next_lsn;       /* LSN the next append gets */
+    struct fm_buf pending;   /* framed records not yet written */
+    uint64_t pending_first;  /* LSN of the first of them */
+    uint64_t pending_synced; /* durable_lsn when the first was framed */
     size_t n_pending;
     bool reason_logged; /* the failure went to the log callback */
     bool lag_logged;    /* the current run of lagging flushes was logged */
@@ -353,6 +355,7 @@ static fm_status start_segment(struct fm_wal *wal, uint64_t first_lsn,
         wal->io->close(wal->io->ctx, old);
     wal->segs[wal->n_segs++] =
         (struct wal_segment){.first_lsn = first_lsn,
+                             .version = FM_SEG_VERSION,
                              .size = wal->seg_header_len,
                              .file_len = wal->seg_header_len,
                              .n_records = 0};
@@ -669,10 +672,12 @@ static fm_status remove_temp_segments(struct fm_wal *wal, struct fm_error *err)
 
 /* Cuts the torn tail [valid_end, old_len) off the last segment. */
 static fm_status cut_tail(struct fm_wal *wal, const char *path,
-                          uint64_t valid_end, uint64_t torn_len,
-                          uint64_t old_len, uint64_t last_lsn,
+                          const struct fm_wal_cursor *c, uint64_t old_len,
                           struct fm_error *err)
 {
+    uint64_t valid_end = c->valid_end;
+    uint64_t torn_len = c->torn_len;
+    uint64_t last_lsn = c->expect_lsn - 1;
     const struct fm_wal_io *io = wal->io;
     int fd = io->open(io->ctx, path, O_WRONLY | O_CLOEXEC, 0);
     if (fd < 0)
@@ -687,16 +692,24 @@ static fm_status cut_tail(struct fm_wal *wal, const char *path,
     if (st != FM_OK)
         return st;
     wal->recovery.torn_bytes = old_len - valid_end;
+    wal->recovery.torn_records = c->n_torn_records;
     /* A torn group followed by preallocated zeros: say which part of the
      * cut held data (trailing zeros of the record itself count as zeros). */
     char zeros[96] = "";
     if (old_len - valid_end > torn_len)
         snprintf(zeros, sizeof(zeros),
                  " (%" PRIu64 " of them data, the rest zeros)", torn_len);
+    char group[192] = "";
+    if (c->n_torn_records > 0)
+        snprintf(group, sizeof(group),
+                 "; %" PRIu64 " intact records after the damage were "
+                 "written after the last fdatasync too and are cut with it",
+                 c->n_torn_records);
     fm_wal_log(wal->log_fn, wal->log_ctx, FM_LOG_WARNING,
-               "cut a torn record of %" PRIu64 " bytes%s at offset %" PRIu64
-               " off the end of %s (last good lsn %" PRIu64 ")",
-               old_len - valid_end, zeros, valid_end, path, last_lsn);
+               "cut a torn %s of %" PRIu64 " bytes%s at offset %" PRIu64
+               " off the end of %s (last good lsn %" PRIu64 ")%s",
+               c->n_torn_records > 0 ? "group" : "record", old_len - valid_end,
+               zeros, valid_end, path, last_lsn, group);
     return FM_OK;
 }
 
@@ -754,6 +767,7 @@ static fm_status scan_segment(struct fm_wal *wal, const char *path,
     struct fm_wal_cursor c = {.name = path,
                               .data = img->data,
                               .len = img->len,
+                              .rec_hdr = hdr.rec_hdr_len,
                               .pos = hdr.header_len,
                               .expect_lsn = *expect,
                               .is_last = is_last,
@@ -772,8 +786,7 @@ static fm_status scan_segment(struct fm_wal *wal, const char *path,
         wal->recovery.last_lsn = rec.lsn;
     }
     if (c.torn) {
-        st = cut_tail(wal, path, c.valid_end, c.torn_len, img->len,
-                      c.expect_lsn - 1, err);
+        st = cut_tail(wal, path, &c, img->len, err);
         if (st != FM_OK)
             return st;
     }
@@ -783,6 +796,7 @@ static fm_status scan_segment(struct fm_wal *wal, const char *path,
     *expect = c.expect_lsn;
     wal->segs[wal->n_segs++] = (struct wal_segment){
         .first_lsn = hdr.first_lsn,
+        .version = hdr.version,
         .size = c.valid_end,
         .file_len = c.torn ? c.valid_end : img->len,
         .n_records = c.n_records,
@@ -850,7 +864,28 @@ static fm_status open_active(struct fm_wal *wal, struct fm_error *err)
                             strerror(errno));
     wal->seg_off = active_seg(wal)->size;
     wal->seg_alloc = active_seg(wal)->file_len;
-    return FM_OK;
+    if (active_seg(wal)->version == FM_SEG_VERSION)
+        return FM_OK;
+    /*
+     * An older format is read but never appended to: finish the segment
+     * as rotation would (no zero tail, fdatasynced) and begin one in the
+     * current format. An older segment without records is replaced by the
+     * new one of the same name.
+     */
+    fm_wal_log(wal->log_fn, wal->log_ctx, FM_LOG_NOTICE,
+               "%s has wal format version %u; new records go to a segment "
+               "of version %d",
+               path, (unsigned)active_seg(wal)->version, FM_SEG_VERSION);
+    if ((wal->seg_alloc > wal->seg_off &&
+         wal->io->ftruncate(wal->io->ctx, wal->seg_fd, (off_t)wal->seg_off) !=
+             0) ||
+        wal->io->fdatasync(wal->io->ctx, wal->seg_fd) != 0)
+        return fm_error_set(err, FM_ERR_IO, "cannot finish %s: %s", path,
+                            strerror(errno));
+    active_seg(wal)->file_len = wal->seg_alloc = wal->seg_off;
+    if (active_seg(wal)->n_records == 0)
+        wal->n_segs--;
+    return start_segment(wal, wal->next_lsn, err);
 }
 
 fm_status fm_wal_open(const struct fm_wal_options *opts,
@@ -993,6 +1028,7 @@ static fm_status iter_load(struct fm_wal_iter *it, struct fm_error *err)
     it->cur = (struct fm_wal_cursor){.name = it->path,
                                      .data = it->img.data,
                                      .len = seg->size,
+                                     .rec_hdr = hdr.rec_hdr_len,
                                      .pos = hdr.header_len,
                                      .expect_lsn = hdr.first_lsn,
                                      .is_last = false,
@@ -1063,10 +1099,18 @@ fm_status fm_wal_append(struct fm_wal *wal, const uint8_t *payload, size_t len,
     if (len > 0)
         memcpy(hdr + FM_REC_HDR, payload, len);
     uint64_t lsn = wal->next_lsn++;
-    fm_wal_record_header_encode(hdr, lsn, hdr + FM_REC_HDR, len);
-    wal->pending.len += FM_REC_HDR + len;
-    if (wal->n_pending++ == 0)
+    if (wal->n_pending++ == 0) {
         wal->pending_first = lsn;
+        /* What was durable when the group began: every record of the
+         * group carries it, so that recovery can tell a torn group from
+         * damage to synced bytes (segment.c). Once a group is enough. */
+        pthread_mutex_lock(&wal->mu);
+        wal->pending_synced = wal->durable_lsn;
+        pthread_mutex_unlock(&wal->mu);
+    }
+    fm_wal_record_header_encode(hdr, lsn, wal->pending_synced, hdr + FM_REC_HDR,
+                                len);
+    wal->pending.len += FM_REC_HDR + len;
     *lsn_out = lsn;
     return FM_OK;
 }
@@ -1316,7 +1360,7 @@ void fm_wal_get_stats(struct fm_wal *wal, struct fm_wal_stats *out)
 static fm_status check_segment(const char *name, uint64_t name_lsn,
                                const struct fm_buf *img, bool is_last,
                                const uint8_t *schema, size_t schema_len,
-                               uint64_t *expect,
+                               uint64_t start_lsn, uint64_t *expect,
                                struct fm_wal_segment_report *r)
 {
     struct fm_error e = {0};
@@ -1336,7 +1380,10 @@ static fm_status check_segment(const char *name, uint64_t name_lsn,
                              hdr.first_lsn);
         goto out;
     }
-    if (*expect != 0 && hdr.first_lsn != *expect)
+    /* A forward gap wholly covered by a snapshot is legitimate, as in
+     * check_continuity. */
+    bool covered = hdr.first_lsn > *expect && hdr.first_lsn <= start_lsn;
+    if (*expect != 0 && hdr.first_lsn != *expect && !covered)
         r->st = fm_error_set(&e, FM_ERR_CORRUPT,
                              "%s starts at lsn %" PRIu64
                              " but the previous segment ends at lsn %" PRIu64,
@@ -1344,6 +1391,7 @@ static fm_status check_segment(const char *name, uint64_t name_lsn,
     struct fm_wal_cursor c = {.name = name,
                               .data = img->data,
                               .len = img->len,
+                              .rec_hdr = hdr.rec_hdr_len,
                               .pos = hdr.header_len,
                               .expect_lsn = hdr.first_lsn,
                               .is_last = is_last,
@@ -1362,9 +1410,10 @@ static fm_status check_segment(const char *name, uint64_t name_lsn,
     r->n_records = c.n_records;
     r->n_skipped = c.n_skipped;
     r->first_bad_offset = c.first_bad;
-    if (c.torn)
+    if (c.torn) {
         r->torn_bytes = img->len - c.valid_end;
-    else
+        r->torn_records = c.n_torn_records;
+    } else
         r->zero_bytes = img->len - c.valid_end;
     if (c.n_skipped > 0 && r->st == FM_OK)
         r->st = fm_error_set(&e, FM_ERR_CORRUPT,
@@ -1379,8 +1428,8 @@ out:
 }
 
 fm_status fm_wal_check_dir(const char *dir, const uint8_t *schema,
-                           size_t schema_len, fm_wal_report_fn fn, void *ctx,
-                           struct fm_error *err)
+                           size_t schema_len, uint64_t start_lsn,
+                           fm_wal_report_fn fn, void *ctx, struct fm_error *err)
 {
     struct lsn_list segs = {0};
     struct fm_buf img = {0};
@@ -1407,7 +1456,7 @@ fm_status fm_wal_check_dir(const char *dir, const uint8_t *schema,
             r.size_bytes = img.len;
         if (r.st == FM_OK)
             check_segment(r.file, segs.lsns[i], &img, i + 1 == segs.n, schema,
-                          schema_len, &expect, &r);
+                          schema_len, start_lsn, &expect, &r);
         if (r.st != FM_OK && worst == FM_OK) {
             worst = fm_error_set(err, r.st, "%s", r.msg);
         }

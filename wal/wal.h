@@ -115,6 +115,7 @@ struct fm_wal_recovery {
     uint64_t first_lsn;      /* first valid record; 0 if none */
     uint64_t last_lsn;       /* last valid record; 0 if none */
     uint64_t torn_bytes;     /* bytes cut from the end of the last segment */
+    uint64_t torn_records;   /* intact records cut with them (a torn group) */
     uint64_t n_skipped;      /* bad regions skipped (force_recovery only) */
     uint64_t n_lsns_missing; /* LSNs absent because of skipped regions */
     size_t n_temp_removed;   /* stale *.wal.tmp files removed */
@@ -123,8 +124,10 @@ struct fm_wal_recovery {
 /*
  * Opens the log in opts->dir, takes the directory lock, scans every segment
  * in LSN order and validates headers, records and LSN continuity. A torn
- * record at the very end of the last segment is cut off (ftruncate) and
- * reported through opts->log_fn; any other damage stops the open unless
+ * record at the very end of the last segment, or a torn group (damage
+ * followed only by records written after the last fdatasync, segment.c),
+ * is cut off (ftruncate) and reported through opts->log_fn; any other
+ * damage stops the open unless
  * opts->force_recovery, which skips and counts bad regions. Appends continue
  * at the end of the last segment, or at opts->start_lsn in a new segment.
  * The options are copied; opts->io must outlive the handle.
@@ -282,6 +285,7 @@ struct fm_wal_segment_report {
     uint64_t size_bytes;        /* file size */
     int64_t first_bad_offset;   /* first damaged byte; -1 if none */
     uint64_t torn_bytes;        /* a torn tail that fm_wal_fix_dir would cut */
+    uint64_t torn_records;      /* intact records in it (a torn group) */
     uint64_t zero_bytes;        /* preallocated zeros after the records */
     uint64_t n_skipped;         /* bad regions after which records were found */
     fm_status st;               /* FM_OK, FM_ERR_CORRUPT, FM_ERR_SCHEMA, ... */
@@ -295,12 +299,15 @@ typedef void (*fm_wal_report_fn)(void *ctx,
 /*
  * Reads every segment in dir without locking or changing anything and
  * reports each through fn. With schema NULL any schema is accepted. A torn
- * tail is reported but is not an error. Returns FM_OK when every segment is
+ * tail is reported but is not an error. A gap between segments is accepted
+ * when it lies wholly below start_lsn (covered by a snapshot, as
+ * fm_wal_options.start_lsn; 0 for none). Returns FM_OK when every segment is
  * sound, else the first problem: FM_ERR_CORRUPT, FM_ERR_SCHEMA, FM_ERR_IO
  * (directory or file unreadable), FM_ERR_NOMEM.
  */
 fm_status fm_wal_check_dir(const char *dir, const uint8_t *schema,
-                           size_t schema_len, fm_wal_report_fn fn, void *ctx,
+                           size_t schema_len, uint64_t start_lsn,
+                           fm_wal_report_fn fn, void *ctx,
                            struct fm_error *err);
 
 /*

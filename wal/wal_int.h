@@ -20,7 +20,8 @@
 #define FM_SEG_MAGIC_LEN 8
 
 enum {
-    FM_SEG_VERSION = 1,
+    FM_SEG_VERSION = 2,         /* written; version 1 segments are still read */
+    FM_SEG_VERSION_V1 = 1,      /* records without the unsynced distance */
     FM_SEG_OFF_MAGIC = 0,       /* 8 bytes "FMWALSEG" */
     FM_SEG_OFF_VERSION = 8,     /* le32 format version */
     FM_SEG_OFF_SCHEMA_LEN = 12, /* le32 schema text length n */
@@ -39,18 +40,33 @@ _Static_assert(FM_SEG_FIXED == FM_SEG_OFF_CREATED + 8,
 
 /* ---- Record header (see segment.c) -------------------------------------- */
 
+/*
+ * Version 2 records (written now) add the unsynced distance, which tells
+ * recovery whether damage can be a crash artifact; version 1 records (read
+ * only, from segments of version 1) lack it. The checksum is always the
+ * last 8 bytes of the header.
+ */
 enum {
-    FM_REC_MAGIC = 0x31524d46, /* "FMR1" as le32 */
-    FM_REC_OFF_MAGIC = 0,      /* le32 FM_REC_MAGIC */
-    FM_REC_OFF_LEN = 4,        /* le32 payload length n */
-    FM_REC_OFF_LSN = 8,        /* le64 LSN */
-    FM_REC_OFF_SUM = 16,       /* le64 checksum, see fm_wal_record_sum */
-    FM_REC_HDR = 24,           /* payload follows */
+    FM_REC_MAGIC_V1 = 0x31524d46, /* "FMR1" as le32 */
+    FM_REC_MAGIC = 0x32524d46,    /* "FMR2" as le32 */
+    FM_REC_OFF_MAGIC = 0,         /* le32 magic of the segment's version */
+    FM_REC_OFF_LEN = 4,           /* le32 payload length n */
+    FM_REC_OFF_LSN = 8,           /* le64 LSN */
+    FM_REC_OFF_UNSYNCED = 16,     /* v2: le32 LSN minus the synced LSN */
+    FM_REC_OFF_SUM = 20,          /* le64 checksum, see fm_wal_record_sum */
+    FM_REC_HDR = 28,              /* payload follows */
+    FM_REC_OFF_SUM_V1 = 16,
+    FM_REC_HDR_V1 = 24,
 };
 
 _Static_assert(FM_REC_OFF_LSN == FM_REC_OFF_LEN + 4, "record LSN offset");
-_Static_assert(FM_REC_OFF_SUM == FM_REC_OFF_LSN + 8, "record sum offset");
-_Static_assert(FM_REC_HDR == FM_REC_OFF_SUM + 8, "record header is 24 bytes");
+_Static_assert(FM_REC_OFF_UNSYNCED == FM_REC_OFF_LSN + 8, "unsynced offset");
+_Static_assert(FM_REC_OFF_SUM == FM_REC_OFF_UNSYNCED + 4, "record sum offset");
+_Static_assert(FM_REC_HDR == FM_REC_OFF_SUM + 8, "record header is 28 bytes");
+_Static_assert(FM_REC_HDR_V1 == FM_REC_OFF_SUM_V1 + 8, "v1 header, 24 bytes");
+
+/* An unsynced distance this large (or larger) says nothing. */
+#define FM_REC_UNSYNCED_UNKNOWN UINT32_MAX
 
 /* Segment file names: 16 lowercase hex digits, ".wal", NUL. */
 #define FM_SEG_NAME_CAP 32
@@ -143,7 +159,9 @@ struct fm_wal_segment_header {
     uint64_t first_lsn;
     const uint8_t *schema;
     size_t schema_len;
-    size_t header_len; /* records start here */
+    size_t header_len;  /* records start here */
+    uint32_t version;   /* FM_SEG_VERSION or FM_SEG_VERSION_V1 */
+    size_t rec_hdr_len; /* FM_REC_HDR, or FM_REC_HDR_V1 in version 1 */
 };
 
 /*
@@ -157,13 +175,19 @@ fm_status fm_wal_segment_header_decode(const uint8_t *data, size_t len,
                                        struct fm_wal_segment_header *out,
                                        struct fm_error *err);
 
-/* Checksum of a record: header bytes [0, 16) and the payload. */
-uint64_t fm_wal_record_sum(const uint8_t *hdr, const uint8_t *payload,
-                           size_t len);
+/* Checksum of a record: the header bytes before the checksum (sum_off of
+ * them) and the payload. */
+uint64_t fm_wal_record_sum(const uint8_t *hdr, size_t sum_off,
+                           const uint8_t *payload, size_t len);
 
-/* Writes the 24-byte header of a record whose payload is already known. */
+/*
+ * Writes the FM_REC_HDR-byte header of a record whose payload is already
+ * known; synced_lsn is the highest LSN that an fdatasync had made durable
+ * when the record's group was framed (0 when none).
+ */
 void fm_wal_record_header_encode(uint8_t *hdr, uint64_t lsn,
-                                 const uint8_t *payload, size_t len);
+                                 uint64_t synced_lsn, const uint8_t *payload,
+                                 size_t len);
 
 /*
  * A pass over the records of one segment image. Set the inputs, then call
@@ -175,6 +199,7 @@ struct fm_wal_cursor {
     const char *name;    /* file name, for messages */
     const uint8_t *data; /* the whole segment file */
     size_t len;
+    size_t rec_hdr;      /* record header length of the segment's version */
     size_t pos;          /* next record; start at the header length */
     uint64_t expect_lsn; /* LSN the next record must carry */
     bool is_last;        /* a bad tail may be torn rather than corrupt */
@@ -186,6 +211,7 @@ struct fm_wal_cursor {
     int64_t first_bad;       /* offset of the first bad byte; -1 if none */
     bool torn;               /* the segment ends in a torn record */
     size_t torn_len;         /* its bytes up to the last nonzero one */
+    uint64_t n_torn_records; /* good records after the damage, cut with it */
     size_t valid_end;        /* end of the last good record (or header) */
 };
 
