@@ -307,6 +307,30 @@ Test(wal, records_survive_reopen_across_segment_rotations)
     fm_wal_close(wal);
 }
 
+Test(wal, open_creates_a_missing_directory)
+{
+    char sub[128];
+    snprintf(sub, sizeof(sub), "%s/new/", dir);
+    struct fm_error err = {0};
+    /* Its parent must exist: one level is created, as mkdir does. */
+    cr_assert_eq(fm_wal_make_dir(sub, &err), FM_OK, "%s", err.msg);
+    cr_assert_eq(fm_wal_make_dir(sub, &err), FM_OK, "%s", err.msg);
+    struct stat sb;
+    cr_assert_eq(stat(sub, &sb), 0);
+    cr_assert(S_ISDIR(sb.st_mode));
+    snprintf(sub, sizeof(sub), "%s/a/b", dir);
+    cr_assert_eq(fm_wal_make_dir(sub, &err), FM_ERR_IO);
+    snprintf(sub, sizeof(sub), "%s/log", dir);
+    struct fm_wal_options o = base_opts();
+    o.dir = sub;
+    struct fm_wal *wal = open_ok(&o);
+    append_range(wal, 1, 3, 1);
+    fm_wal_close(wal);
+    wal = open_ok(&o);
+    expect_records(wal, 0, 1, 3);
+    fm_wal_close(wal);
+}
+
 Test(wal, segment_names_are_their_first_lsn_and_lsns_are_continuous)
 {
     struct fm_wal_options o = base_opts();

@@ -234,6 +234,33 @@ fm_status fm_wal_fsync_dir(const struct fm_wal_io *io, const char *dir,
     return st;
 }
 
+fm_status fm_wal_make_dir(const char *dir, struct fm_error *err)
+{
+    if (mkdir(dir, 0755) != 0) {
+        if (errno == EEXIST)
+            return FM_OK;
+        return fm_error_set(err, FM_ERR_IO, "cannot create directory %s: %s",
+                            dir, strerror(errno));
+    }
+    /* The new name lasts a power cut only once its parent is fsynced. */
+    char parent[4096];
+    size_t n = strlen(dir);
+    if (n >= sizeof(parent))
+        return fm_error_set(err, FM_ERR_LIMIT, "directory name too long: %s",
+                            dir);
+    memcpy(parent, dir, n + 1);
+    while (n > 1 && parent[n - 1] == '/')
+        parent[--n] = '\0';
+    char *slash = strrchr(parent, '/');
+    if (slash == NULL)
+        snprintf(parent, sizeof(parent), ".");
+    else if (slash == parent)
+        parent[1] = '\0';
+    else
+        *slash = '\0';
+    return fm_wal_fsync_dir(fm_wal_io_default(), parent, err);
+}
+
 int fm_wal_flock_try(int fd)
 {
     for (;;) {

@@ -574,11 +574,10 @@ static void wal_free(struct fm_wal *wal)
 static fm_status lock_dir(struct fm_wal *wal, struct fm_error *err)
 {
     char path[PATH_CAP];
-    if (mkdir(wal->dir, 0755) != 0 && errno != EEXIST)
-        return fm_error_set(err, FM_ERR_IO, "cannot create directory %s: %s",
-                            wal->dir, strerror(errno));
-    fm_status st =
-        fm_wal_path_join(path, sizeof(path), wal->dir, LOCK_NAME, err);
+    fm_status st = fm_wal_make_dir(wal->dir, err);
+    if (st != FM_OK)
+        return st;
+    st = fm_wal_path_join(path, sizeof(path), wal->dir, LOCK_NAME, err);
     if (st != FM_OK)
         return st;
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);

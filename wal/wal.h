@@ -122,6 +122,13 @@ struct fm_wal_recovery {
 };
 
 /*
+ * Creates dir if it does not exist, and then fsyncs its parent so that the
+ * new directory survives a power cut. FM_OK when it exists already;
+ * FM_ERR_IO, FM_ERR_LIMIT.
+ */
+fm_status fm_wal_make_dir(const char *dir, struct fm_error *err);
+
+/*
  * Opens the log in opts->dir, takes the directory lock, scans every segment
  * in LSN order and validates headers, records and LSN continuity. A torn
  * record at the very end of the last segment, or a torn group (damage
