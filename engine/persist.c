@@ -39,7 +39,10 @@
  * Group commit and failure. fm_engine_flush writes the group. If it fails,
  * the whole group is rolled back in memory from the undo entries kept since
  * the last flush, and the engine turns read-only for good: nothing retries
- * an fsync that may have dropped data (PostgreSQL's 2018 lesson).
+ * an fsync that may have dropped data (PostgreSQL's 2018 lesson). Memory
+ * then holds exactly the acknowledged writes and the WAL may not, so
+ * shutdown still writes a snapshot, at the last LSN handed out, which
+ * covers whatever the failure left in the WAL (shutdown_readonly).
  *
  * Background snapshots fork: the child writes the copy-on-write image of
  * every table while the parent goes on serving, and reports its sizes and
@@ -630,6 +633,45 @@ const char *fm_engine_readonly_reason(const struct fm_engine *e)
     return NULL;
 }
 
+/*
+ * SHUTDOWN once the WAL is read-only. Memory then holds exactly the writes
+ * that were acknowledged: a failed group was rolled back before any of its
+ * replies went out. The WAL may not: under everysec the records since the
+ * last good fdatasync may be lost to an OS crash, and a failed write whose
+ * cut-back failed too can leave records of a rolled-back group on disk,
+ * whole or torn. So the snapshot is written anyway (unless NOSAVE), at the
+ * last LSN ever handed out (e->last_lsn, rolled-back LSNs included): the
+ * restart loads it and replays only records above it, so any record left
+ * on disk past the failure, rolled back or not, is covered and never
+ * replayed; a torn one is cut as a torn tail; and if the log ends below
+ * the snapshot, new records start after it in a fresh segment
+ * (docs/durability.md, "Shutting down with a read-only WAL").
+ */
+static fm_status shutdown_readonly(struct fm_engine *e, bool nosave,
+                                   struct fm_error *err)
+{
+    notice_wal_failure(e);
+    const char *why = fm_engine_readonly_reason(e);
+    FM_ASSERT(why != NULL);
+    if (nosave) {
+        note(e, FM_LOG_WARNING,
+             "shutting down without a snapshot (NOSAVE) while the "
+             "write-ahead log is read-only: %s",
+             why);
+        return fm_error_set(err, FM_ERR_READONLY,
+                            "no snapshot (NOSAVE) and the write-ahead log is "
+                            "read-only: %s",
+                            why);
+    }
+    if (e->save_lsn == e->last_lsn)
+        return FM_OK; /* the newest snapshot holds all of it already */
+    note(e, FM_LOG_WARNING,
+         "the write-ahead log is read-only (%s): writing a snapshot at lsn "
+         "%llu so that the restart recovers every acknowledged write from it",
+         why, (unsigned long long)e->last_lsn);
+    return fm_engine_save(e, err);
+}
+
 fm_status fm_engine_shutdown(struct fm_engine *e, bool nosave,
                              struct fm_error *err)
 {
@@ -639,6 +681,8 @@ fm_status fm_engine_shutdown(struct fm_engine *e, bool nosave,
     if (st == FM_OK)
         st = fm_wal_sync(e->wal, err);
     reap_child(e, true);
+    if (st == FM_ERR_READONLY)
+        return shutdown_readonly(e, nosave, err);
     if (st == FM_OK && !nosave && e->pstats.changes_since_save > 0)
         st = fm_engine_save(e, err);
     return st;
@@ -816,6 +860,11 @@ static fm_status build_btree_short(struct fm_table *t, struct fm_index *ix,
     size_t n = (size_t)t->n_rows;
     size_t bytes;
     *done_out = false;
+    if (n == 0) {
+        /* The tree stays empty, and there is no scratch to point into. */
+        *done_out = true;
+        return FM_OK;
+    }
     if (fm_mul_overflows(n, 2 * sizeof(struct short_key), &bytes))
         return FM_ERR_NOMEM;
     /*

@@ -321,9 +321,10 @@ void fm_server_commit_turn(struct fm_server *srv)
 
 /*
  * Runs at shutdown, after the last replies were written: flushes and fsyncs
- * the WAL and, unless nosave, writes a snapshot (SPEC section 3, SHUTDOWN).
- * A failure is logged; the WAL still holds every acknowledged write, so the
- * server exits anyway and the next start recovers from it.
+ * the WAL and, unless nosave, writes a snapshot (SPEC section 3, SHUTDOWN),
+ * also when the WAL is read-only, since then only memory is sure to hold
+ * every acknowledged write. A failure is logged and the server exits
+ * anyway: the next start recovers from the WAL as far as the disk kept it.
  */
 static void persist_before_exit(struct fm_server *srv, bool nosave)
 {

@@ -537,3 +537,79 @@ Test(fault, failed_background_fsync_turns_the_server_readonly_without_a_write)
     redisFree(c);
     kill_server(server);
 }
+
+/* Polls INFO until the server reports readonly:1 (5 s at most). */
+static void wait_readonly(redisContext *c)
+{
+    char *info = NULL;
+    for (int i = 0; i < 100; i++) {
+        free(info);
+        info = info_persistence(c);
+        if (strstr(info, "readonly:1\r\n") != NULL)
+            break;
+        fm_test_pause_ms(50);
+    }
+    cr_assert_not_null(strstr(info, "readonly:1\r\n"), "%s", info);
+    free(info);
+}
+
+/* Waits for the server to exit on its own (10 s at most). */
+static void wait_exit(pid_t server)
+{
+    for (int i = 0; i < 500; i++) {
+        int status;
+        if (waitpid(server, &status, WNOHANG) == server)
+            return;
+        fm_test_pause_ms(20);
+    }
+    kill_server(server);
+    cr_assert_fail("the server did not exit; see %s", log_path);
+}
+
+/* Deletes every WAL segment of dir. */
+static void remove_wal(void)
+{
+    char command[600];
+    snprintf(command, sizeof(command), "rm -f '%s'/*.wal", dir);
+    cr_assert_eq(system(command), 0);
+}
+
+Test(fault, shutdown_after_a_failed_background_fsync_saves_every_acked_write)
+{
+    int port;
+    pid_t server = start_faulty("fdatasync", "EIO", "everysec", &port);
+    redisContext *c = connect_to(port);
+    expect_int(c, 1, "INSERT artists name kept1");
+    arm_fault();
+    expect_int(c, 2, "INSERT artists name kept2");
+    wait_readonly(c);
+    redisReply *r = cmd(c, "INSERT artists name refused");
+    cr_assert_eq(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    /* Memory holds exactly the acknowledged writes; the WAL may not. */
+    r = redisCommand(c, "SHUTDOWN");
+    cr_assert_null(r, "SHUTDOWN answered instead of closing");
+    redisFree(c);
+    wait_exit(server);
+    cr_assert(log_has("read-only", "writing a snapshot at lsn 2"),
+              "the log says why it snapshots; see %s", log_path);
+    /* What an OS crash could do to records whose fdatasync failed: here,
+     * all of them. The snapshot alone must hold every acknowledged write. */
+    remove_wal();
+    unlink(trigger);
+    const char *const args[] = {"--fsync", "everysec", NULL};
+    server = fm_test_start_server(dir, log_path, args, NULL, &port);
+    c = connect_to(port);
+    expect_int(c, 2, "COUNT artists");
+    expect_int(c, 1, "COUNT artists WHERE name = kept2");
+    expect_int(c, 3, "INSERT artists name after_restart");
+    redisFree(c);
+    kill_server(server);
+    /* Snapshot plus WAL after it: each write exactly once. */
+    server = fm_test_start_server(dir, log_path, args, NULL, &port);
+    c = connect_to(port);
+    expect_int(c, 3, "COUNT artists");
+    expect_int(c, 4, "INSERT artists name next");
+    redisFree(c);
+    kill_server(server);
+}

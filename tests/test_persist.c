@@ -862,3 +862,66 @@ Test(persist, big_table_rebuilds_through_the_prepare_thread)
     cr_assert_eq(count_of(e, "COUNT users WHERE session_token > t90"), above);
     fm_engine_free(e);
 }
+
+/*
+ * A WAL whose next write reaches the file but reports EIO, and whose
+ * cut-back then fails too: the rolled-back group stays on disk, whole.
+ */
+static volatile bool write_lands_but_fails;
+
+static ssize_t g_pwrite(void *ctx, int fd, const void *b, size_t n, off_t o)
+{
+    (void)ctx;
+    ssize_t done = pwrite(fd, b, n, o);
+    if (done < 0 || !write_lands_but_fails)
+        return done;
+    write_lands_but_fails = false;
+    errno = EIO;
+    return -1;
+}
+
+static int g_ftruncate(void *ctx, int fd, off_t len)
+{
+    (void)ctx;
+    (void)fd;
+    (void)len;
+    errno = EIO;
+    return -1;
+}
+
+Test(persist, shutdown_of_a_readonly_engine_saves_and_skips_the_rolled_back)
+{
+    struct faulty f = {0, 1000000};
+    struct fm_wal_io io = {&f,          f_open,   g_pwrite,
+                           f_fdatasync, f_fsync,  f_ftruncate,
+                           f_rename,    f_unlink, f_close};
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    o.wal_io = &io;
+    struct fm_engine *e = open_db_with(&o);
+    seed(e, 5);
+    flush(e);
+    char *durable = dump(e);
+    write_lands_but_fails = true;
+    io.ftruncate = g_ftruncate;
+    ok(e, "INSERT artists name ghost");
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_flush(e, &err), FM_ERR_READONLY);
+    /* The WAL is read-only, yet the memory is the truth: a snapshot at
+     * the last LSN handed out covers the ghost record left on disk. */
+    cr_assert_eq(fm_engine_shutdown(e, false, &err), FM_OK, "%s", err.msg);
+    fm_engine_free(e);
+    e = reopen_expecting(durable);
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(e, &ps);
+    cr_assert_eq(ps.recovered_records, 0, "the ghost was not replayed");
+    /* New records follow the snapshot's LSN; each replays once. */
+    ok(e, "INSERT artists name after");
+    flush(e);
+    fm_engine_free(e);
+    e = open_db();
+    cr_assert_eq(count_of(e, "COUNT artists WHERE name = after"), 1);
+    cr_assert_eq(count_of(e, "COUNT artists WHERE name = ghost"), 0);
+    fm_engine_persist_stats(e, &ps);
+    cr_assert_eq(ps.recovered_records, 1);
+    fm_engine_free(e);
+}
