@@ -109,6 +109,13 @@ enum fm_fsync_policy {
 const char *fm_fsync_policy_name(enum fm_fsync_policy p);
 bool fm_fsync_policy_parse(const char *name, enum fm_fsync_policy *out);
 
+/*
+ * After a failed snapshot the automatic triggers wait this long from the
+ * attempt before the next one, as Redis waits after a failed BGSAVE
+ * (CONFIG_BGSAVE_RETRY_DELAY); SAVE and BGSAVE asked for run at once.
+ */
+#define FM_SNAPSHOT_RETRY_DELAY_S 5
+
 /* Snapshot triggers (SPEC section 4); zero values take the defaults. */
 struct fm_snapshot_config {
     uint64_t interval_s; /* snapshot when this old and anything changed;
@@ -242,7 +249,11 @@ struct fm_persist_stats {
     uint64_t last_save_raw_bytes; /* before compression */
     int64_t last_fork_us;         /* time fork() took */
     size_t last_cow_bytes;        /* copy-on-write memory of the last child */
-    bool last_save_ok;
+    bool last_save_ok;            /* the last snapshot attempt succeeded */
+    uint64_t save_failures;       /* attempts failed in a row; 0 after one
+                                     succeeds */
+    char last_save_error[FM_ERROR_MSG_CAP]; /* why the last attempt failed;
+                                               "" once one succeeds */
     uint64_t changes_since_save; /* committed writes since the last save */
     uint64_t recovered_rows;     /* loaded from the snapshot at start */
     uint64_t recovered_records;  /* WAL records replayed at start */

@@ -49,7 +49,10 @@
  * copied memory through a pipe before it exits. The parent flushes the WAL
  * before forking, so the snapshot's LSN is the last LSN written. After a
  * snapshot commits, snapshots beyond snapshot.keep are deleted and WAL
- * segments older than the oldest kept snapshot go with them.
+ * segments older than the oldest kept snapshot go with them. After one
+ * fails, the automatic triggers wait FM_SNAPSHOT_RETRY_DELAY_S from the
+ * attempt (a lasting cause would fork a child every tick), and the log
+ * warns once per run of failures (record_save_failure).
  */
 #include "engine/engine_int.h"
 
@@ -68,12 +71,18 @@ enum { REDO_VERSION = 1, REDO_PUT = 1, REDO_DEL = 2 };
 #define SNAP_VERSION     1
 #define SNAP_CHUNK_BYTES (256 * 1024)
 
+/* What a snapshot child writes to its pipe before it exits: one write(),
+ * under PIPE_BUF, so the parent reads all of it or nothing. */
 struct child_report {
     uint64_t ok;
     uint64_t file_bytes;
     uint64_t raw_bytes;
     uint64_t cow_bytes;
+    char msg[FM_ERROR_MSG_CAP]; /* why it failed; "" on success */
 };
+
+_Static_assert(sizeof(struct child_report) <= 4096,
+               "a child's report must be one atomic pipe write");
 
 static void note(struct fm_engine *e, enum fm_log_level level, const char *fmt,
                  ...) __attribute__((format(printf, 3, 4)));
@@ -407,10 +416,43 @@ static uint64_t wal_bytes_written(struct fm_engine *e)
     return ws.bytes_written;
 }
 
+/*
+ * A snapshot attempt failed (SAVE, BGSAVE, or the child of either kind).
+ * The automatic trigger then waits FM_SNAPSHOT_RETRY_DELAY_S from the
+ * attempt (fm_engine_cron), and the log warns once per run of failures, or
+ * again when the reason changes: a directory where the temporary file goes
+ * fails every attempt the same way, and a line every 5 s would bury the
+ * rest of the log.
+ */
+static void record_save_failure(struct fm_engine *e, const char *what,
+                                const char *why)
+{
+    struct fm_persist_stats *ps = &e->pstats;
+    bool same = ps->save_failures > 0 && strcmp(ps->last_save_error, why) == 0;
+    ps->last_save_ok = false;
+    ps->save_failures++;
+    snprintf(ps->last_save_error, sizeof(ps->last_save_error), "%s", why);
+    if (same)
+        note(e, FM_LOG_VERBOSE, "%s failed again (%llu in a row): %s", what,
+             (unsigned long long)ps->save_failures, why);
+    else
+        note(e, FM_LOG_WARNING,
+             "%s failed: %s; automatic snapshots are retried every %d s "
+             "until one succeeds",
+             what, why, FM_SNAPSHOT_RETRY_DELAY_S);
+}
+
 static void record_save(struct fm_engine *e, uint64_t lsn, int64_t took_us,
                         uint64_t file_bytes, uint64_t raw_bytes,
                         uint64_t dirty_at_start)
 {
+    if (e->pstats.save_failures > 0)
+        note(e, FM_LOG_NOTICE,
+             "snapshots succeed again after %llu failed "
+             "attempt(s)",
+             (unsigned long long)e->pstats.save_failures);
+    e->pstats.save_failures = 0;
+    e->pstats.last_save_error[0] = '\0';
     e->pstats.last_save_ok = true;
     e->pstats.last_save_time_s = fm_now_us() / 1000000;
     e->pstats.last_save_lsn = lsn;
@@ -437,10 +479,10 @@ fm_status fm_engine_save(struct fm_engine *e, struct fm_error *err)
     uint64_t dirty = e->pstats.changes_since_save;
     uint64_t at = wal_bytes_written(e);
     struct fm_snapshot_stats ss;
+    e->last_save_try_us = t0;
     st = write_snapshot(e, e->last_lsn, &ss, err);
     if (st != FM_OK) {
-        e->pstats.last_save_ok = false;
-        note(e, FM_LOG_WARNING, "snapshot failed: %s", err->msg);
+        record_save_failure(e, "snapshot", err->msg);
         return st;
     }
     e->wal_bytes_at_save = at;
@@ -477,8 +519,9 @@ static void child_main(struct fm_engine *e, uint64_t lsn, int fd)
     rep.file_bytes = ss.file_bytes;
     rep.raw_bytes = ss.raw_bytes;
     rep.cow_bytes = private_dirty_bytes();
+    /* The parent logs the failure, once per run of them. */
     if (!rep.ok)
-        note(e, FM_LOG_WARNING, "background snapshot failed: %s", err.msg);
+        snprintf(rep.msg, sizeof(rep.msg), "%s", err.msg);
     ssize_t n = write(fd, &rep, sizeof(rep));
     (void)n;
     _exit(rep.ok ? 0 : 1);
@@ -495,16 +538,22 @@ fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err)
     fm_status st = fm_engine_flush(e, err);
     if (st != FM_OK)
         return st;
-    int fds[2];
-    if (pipe(fds) != 0)
-        return fm_error_set(err, FM_ERR_IO, "pipe: %s", strerror(errno));
     int64_t t0 = fm_monotonic_us();
+    e->last_save_try_us = t0;
+    int fds[2];
+    if (pipe(fds) != 0) {
+        fm_error_set(err, FM_ERR_IO, "pipe: %s", strerror(errno));
+        record_save_failure(e, "background snapshot", err->msg);
+        return FM_ERR_IO;
+    }
     pid_t pid = fork();
     if (pid < 0) {
         int e2 = errno;
         close(fds[0]);
         close(fds[1]);
-        return fm_error_set(err, FM_ERR_IO, "fork: %s", strerror(e2));
+        fm_error_set(err, FM_ERR_IO, "fork: %s", strerror(e2));
+        record_save_failure(e, "background snapshot", err->msg);
+        return FM_ERR_IO;
     }
     if (pid == 0) {
         close(fds[0]);
@@ -518,8 +567,28 @@ fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err)
     e->child_pipe = fds[0];
     e->child_dirty = e->pstats.changes_since_save;
     e->child_wal_at = wal_bytes_written(e);
-    note(e, FM_LOG_NOTICE, "background snapshot started by pid %ld", (long)pid);
+    /* During a run of failures the retries are not news. */
+    note(e, e->pstats.save_failures > 0 ? FM_LOG_VERBOSE : FM_LOG_NOTICE,
+         "background snapshot started by pid %ld", (long)pid);
     return FM_OK;
+}
+
+/* Why a snapshot child failed, from its report or its exit status. */
+static void child_failure(pid_t r, int status, int wait_errno,
+                          struct child_report *rep, char *out, size_t cap)
+{
+    rep->msg[sizeof(rep->msg) - 1] = '\0';
+    if (r > 0 && WIFSIGNALED(status))
+        snprintf(out, cap, "the snapshot child was killed by signal %d",
+                 WTERMSIG(status));
+    else if (rep->msg[0] != '\0')
+        snprintf(out, cap, "%s", rep->msg);
+    else if (r > 0 && WIFEXITED(status))
+        snprintf(out, cap, "the snapshot child exited with status %d",
+                 WEXITSTATUS(status));
+    else
+        snprintf(out, cap, "the snapshot child was lost: %s",
+                 strerror(wait_errno));
 }
 
 /* Collects a finished child; with block, waits for it. */
@@ -529,7 +598,8 @@ static void reap_child(struct fm_engine *e, bool block)
         return;
     int status = 0;
     pid_t r = waitpid(e->child_pid, &status, block ? 0 : WNOHANG);
-    if (r == 0 || (r < 0 && errno == EINTR))
+    int wait_errno = errno;
+    if (r == 0 || (r < 0 && wait_errno == EINTR))
         return;
     struct child_report rep = {0};
     if (e->child_pipe >= 0) {
@@ -544,8 +614,9 @@ static void reap_child(struct fm_engine *e, bool block)
     e->child_pid = 0;
     e->pstats.last_cow_bytes = (size_t)rep.cow_bytes;
     if (!ok) {
-        e->pstats.last_save_ok = false;
-        note(e, FM_LOG_WARNING, "background snapshot failed");
+        char why[FM_ERROR_MSG_CAP];
+        child_failure(r, status, wait_errno, &rep, why, sizeof(why));
+        record_save_failure(e, "background snapshot", why);
         return;
     }
     e->wal_bytes_at_save = e->child_wal_at;
@@ -581,6 +652,13 @@ void fm_engine_cron(struct fm_engine *e)
     reap_child(e, false);
     if (e->child_pid != 0 || e->readonly)
         return;
+    /* After a failure, whatever the triggers say, as Redis does after a
+     * failed BGSAVE (CONFIG_BGSAVE_RETRY_DELAY): a cause that lasts would
+     * otherwise fork a child every tick. */
+    if (!e->pstats.last_save_ok &&
+        fm_monotonic_us() - e->last_save_try_us <
+            (int64_t)FM_SNAPSHOT_RETRY_DELAY_S * 1000000)
+        return;
     uint64_t since = wal_bytes_written(e) - e->wal_bytes_at_save;
     int64_t age_us = fm_monotonic_us() - e->last_save_mono_us;
     bool by_time = e->pstats.changes_since_save > 0 &&
@@ -589,9 +667,8 @@ void fm_engine_cron(struct fm_engine *e)
     if (!by_time && !by_size)
         return;
     struct fm_error err = {0};
-    if (fm_engine_bgsave(e, &err) != FM_OK)
-        note(e, FM_LOG_WARNING, "cannot start a background snapshot: %s",
-             err.msg);
+    /* A failure to start is logged and counted by fm_engine_bgsave. */
+    (void)fm_engine_bgsave(e, &err);
 }
 
 /* ---- flush, shutdown, stats ---------------------------------------------- */

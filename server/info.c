@@ -155,6 +155,10 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
 {
     struct fm_persist_stats ps;
     fm_engine_persist_stats(srv->engine, &ps);
+    /* A failure shows even before the first snapshot ever written. */
+    const char *status = !ps.last_save_ok           ? "err"
+                         : ps.last_save_time_s == 0 ? "none"
+                                                    : "ok";
     fm_buf_printf(
         b,
         "# Persistence\r\n"
@@ -174,6 +178,8 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
         "bgsave_in_progress:%d\r\n"
         "last_snapshot_time:%lld\r\n"
         "last_snapshot_status:%s\r\n"
+        "last_snapshot_error:%s\r\n"
+        "snapshot_failures_in_a_row:%llu\r\n"
         "last_snapshot_lsn:%llu\r\n"
         "last_snapshot_duration_usec:%lld\r\n"
         "last_snapshot_bytes:%llu\r\n"
@@ -186,6 +192,7 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
         "rdb_changes_since_last_save:%llu\r\n"
         "rdb_bgsave_in_progress:%d\r\n"
         "rdb_last_save_time:%lld\r\n"
+        "rdb_last_bgsave_status:%s\r\n"
         "aof_enabled:0\r\n",
         ps.enabled, fm_fsync_policy_name(ps.fsync),
         (unsigned long long)ps.next_lsn, (unsigned long long)ps.durable_lsn,
@@ -194,10 +201,8 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
         (unsigned long long)ps.wal_fsyncs, (unsigned long long)ps.wal_lag_syncs,
         ps.readonly, ps.readonly ? ps.readonly_reason : "",
         (unsigned long long)ps.changes_since_save, ps.bgsave_in_progress,
-        (long long)ps.last_save_time_s,
-        ps.last_save_time_s == 0 ? "none"
-        : ps.last_save_ok        ? "ok"
-                                 : "err",
+        (long long)ps.last_save_time_s, status, ps.last_save_error,
+        (unsigned long long)ps.save_failures,
         (unsigned long long)ps.last_save_lsn,
         (long long)ps.last_save_duration_us,
         (unsigned long long)ps.last_save_bytes,
@@ -205,7 +210,7 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
         ps.last_cow_bytes, (unsigned long long)ps.recovered_rows,
         (unsigned long long)ps.recovered_records, (long long)ps.recovery_us,
         (unsigned long long)ps.changes_since_save, ps.bgsave_in_progress,
-        (long long)ps.last_save_time_s);
+        (long long)ps.last_save_time_s, ps.last_save_ok ? "ok" : "err");
 }
 
 static void section_stats(const struct fm_server *srv, struct fm_buf *b)

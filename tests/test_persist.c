@@ -925,3 +925,84 @@ Test(persist, shutdown_of_a_readonly_engine_saves_and_skips_the_rolled_back)
     cr_assert_eq(ps.recovered_records, 1);
     fm_engine_free(e);
 }
+
+/* Log lines of the engine, counted by kind. */
+struct log_counts {
+    int started;  /* background snapshots started */
+    int failed;   /* failures reported, at any level */
+    int warnings; /* failures reported as warnings */
+};
+
+static void count_lines(void *ctx, enum fm_log_level level, const char *msg)
+{
+    struct log_counts *lc = ctx;
+    if (strstr(msg, "background snapshot started") != NULL)
+        lc->started++;
+    if (strstr(msg, "snapshot failed") != NULL) {
+        lc->failed++;
+        lc->warnings += level == FM_LOG_WARNING;
+    }
+}
+
+Test(persist, a_failed_background_snapshot_is_retried_only_after_a_delay)
+{
+    struct log_counts lc = {0};
+    struct fm_engine_options o = options(FM_FSYNC_NO);
+    o.snapshot.wal_mb = 1;
+    o.log = count_lines;
+    o.log_ctx = &lc;
+    struct fm_engine *e = open_db_with(&o);
+    struct fm_persist_stats ps;
+    char cmd[512];
+    /* Over 1 MiB of WAL: the size trigger holds at every cron tick. */
+    for (int i = 0;; i++) {
+        snprintf(cmd, sizeof(cmd), "INSERT artists name %0400d", i);
+        ok(e, cmd);
+        flush(e);
+        fm_engine_persist_stats(e, &ps);
+        if (ps.wal_since_snapshot_bytes > (1 << 20))
+            break;
+    }
+    /* A directory where the snapshot's temporary file goes: every
+     * attempt fails (the reviewer's reproduction). */
+    char tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s/%016llx.snap.tmp", dir,
+             (unsigned long long)ps.next_lsn - 1);
+    cr_assert_eq(mkdir(tmp, 0755), 0);
+    fm_engine_cron(e);
+    cr_assert_eq(lc.started, 1);
+    for (int i = 0; i < 1000 && lc.failed == 0; i++) {
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+        fm_engine_cron(e);
+    }
+    cr_assert_eq(lc.failed, 1);
+    /* The trigger still holds; the next attempt waits for the delay
+     * (FM_SNAPSHOT_RETRY_DELAY_S), not for the next tick. */
+    for (int i = 0; i < 30; i++) {
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+        fm_engine_cron(e);
+    }
+    fm_engine_persist_stats(e, &ps);
+    cr_assert_eq(lc.started, 1, "%d background snapshots started", lc.started);
+    cr_assert(!ps.bgsave_in_progress);
+    cr_assert(!ps.last_save_ok);
+    cr_assert_eq(ps.save_failures, 1);
+    cr_assert_not_null(strstr(ps.last_save_error, ".snap.tmp"), "%s",
+                       ps.last_save_error);
+    /* BGSAVE asked for runs at once; failing again, it is the same
+     * episode, and the log warned once. */
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_bgsave(e, &err), FM_OK, "%s", err.msg);
+    wait_bgsave(e, &ps);
+    cr_assert_eq(ps.save_failures, 2);
+    cr_assert_eq(lc.failed, 2);
+    cr_assert_eq(lc.warnings, 1);
+    /* Once the obstacle is gone a snapshot succeeds and ends the episode. */
+    cr_assert_eq(rmdir(tmp), 0);
+    cr_assert_eq(fm_engine_bgsave(e, &err), FM_OK, "%s", err.msg);
+    wait_bgsave(e, &ps);
+    cr_assert(ps.last_save_ok);
+    cr_assert_eq(ps.save_failures, 0);
+    cr_assert_str_eq(ps.last_save_error, "");
+    fm_engine_free(e);
+}

@@ -1093,6 +1093,9 @@ Test(server, writes_survive_a_restart_and_snapshots_work, .init = make_data_dir,
     cr_assert(strstr(r->str, "wal_enabled:1\r\n") != NULL, "%s", r->str);
     cr_assert(strstr(r->str, "fsync:always\r\n") != NULL);
     cr_assert(strstr(r->str, "last_snapshot_status:ok\r\n") != NULL);
+    cr_assert(strstr(r->str, "last_snapshot_error:\r\n") != NULL);
+    cr_assert(strstr(r->str, "snapshot_failures_in_a_row:0\r\n") != NULL);
+    cr_assert(strstr(r->str, "rdb_last_bgsave_status:ok\r\n") != NULL);
     /* Two inserts under always: at least two fdatasyncs, and none of them
      * forced by a lagging background fsync (there is none under always). */
     const char *f = strstr(r->str, "wal_fsyncs:");
