@@ -3,7 +3,9 @@
 # fermata need, when any is missing. Run as root (CI is) or with sudo.
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config clang clang-format
+# libclang-rt-14-dev is clang's libFuzzer runtime (tests/fuzz), which clang
+# only recommends.
+pkgs=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
       liblz4-dev libxxhash-dev libcriterion-dev
       libsqlite3-dev libhiredis-dev redis-server redis-tools netcat-openbsd)
 

@@ -1,0 +1,344 @@
+/*
+ * fuzz_engine.c: libFuzzer target for the command language of
+ * engine/fermata.h, on the default schema.
+ *
+ * The input is a script: one command per line ("\n"), its arguments
+ * separated by single spaces (two spaces make an empty argument; any other
+ * byte, binary included, belongs to an argument). A few lines are not
+ * commands but say how to run the next ones:
+ *
+ *   MULTI ... EXEC   the lines between run as one fm_engine_exec_multi
+ *   !N               the N-th allocation (decimal) of the next command
+ *                    fails, through the allocation hook of base.h
+ *   PERSIST          (first line only) the engine works on a data
+ *                    directory, so that writes go through the WAL
+ *   SAVE             a snapshot (fm_engine_save), when persistent
+ *   REOPEN           flush, free, and recover the engine from its
+ *                    directory, when persistent
+ *
+ * After every write, every failed command and the last command, the
+ * engine's consistency check (fm_engine_check) must pass. Every reply is
+ * read back in full with the cursor. A command that fails must leave every
+ * table as it was (SPEC section 2): the harness reads all tables before
+ * each write and after a failed one and compares. A recovered engine must
+ * hold exactly what the engine before REOPEN held. Any difference aborts,
+ * and libFuzzer keeps the input.
+ *
+ * The seeds (tests/fuzz/corpus/engine) and the dictionary (engine.dict)
+ * start from real command, table and column names, so that the fuzzer gets
+ * past the name lookups at once.
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/fermata.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+enum {
+    MAX_LINES = 64,  /* commands of one input; the rest is ignored */
+    MAX_ARGS = 48,   /* arguments of one command; the rest is ignored */
+    MAX_BATCH = 16,  /* commands of one MULTI */
+    DIGEST_MAX = 64, /* rows per table read back for a digest */
+};
+
+/* One command, its arguments pointing into the input copy. */
+struct cmd {
+    size_t argc;
+    const uint8_t *argv[MAX_ARGS];
+    size_t len[MAX_ARGS];
+};
+
+struct harness {
+    struct fm_engine *e;
+    struct fm_reply reply;
+    struct fm_reply scratch; /* for digests, so reply is left alone */
+    char dir[64];            /* data directory, "" when in memory */
+    long fail_at;            /* allocation to fail; 0 none */
+    long n_allocs;
+};
+
+static bool fail_hook(void *ctx, size_t size)
+{
+    (void)size;
+    struct harness *h = ctx;
+    return ++h->n_allocs == h->fail_at;
+}
+
+static bool same_word(const struct cmd *c, const char *w)
+{
+    size_t n = strlen(w);
+    return c->argc == 1 && c->len[0] == n && memcmp(c->argv[0], w, n) == 0;
+}
+
+/* Splits line[0..len) on single spaces. */
+static void split(const uint8_t *line, size_t len, struct cmd *c)
+{
+    c->argc = 0;
+    size_t start = 0;
+    for (size_t i = 0; i <= len && c->argc < MAX_ARGS; i++) {
+        if (i == len || line[i] == ' ') {
+            c->argv[c->argc] = line + start;
+            c->len[c->argc++] = i - start;
+            start = i + 1;
+        }
+    }
+}
+
+/* FNV-1a, enough to compare two readings of the same tables. */
+static uint64_t mix(uint64_t h, const void *p, size_t len)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Reads every value of r with the cursor; returns their hash. */
+static uint64_t read_reply(const struct fm_reply *r, uint64_t h)
+{
+    struct fm_reply_cursor cur;
+    struct fm_reply_value v;
+    fm_reply_cursor_init(&cur, r);
+    while (fm_reply_next(&cur, &v)) {
+        h = mix(h, &v.type, sizeof(v.type));
+        switch (v.type) {
+        case FM_REPLY_INT:
+            h = mix(h, &v.i, sizeof(v.i));
+            break;
+        case FM_REPLY_ARRAY:
+            h = mix(h, &v.n, sizeof(v.n));
+            break;
+        case FM_REPLY_BULK:
+        case FM_REPLY_STATUS:
+        case FM_REPLY_ERROR:
+            h = mix(h, v.str, v.len);
+            break;
+        case FM_REPLY_NIL:
+            break;
+        }
+    }
+    return h;
+}
+
+/* A hash of every table's rows (the first DIGEST_MAX of each) and counts. */
+static uint64_t digest(struct harness *h)
+{
+    uint64_t d = 0xcbf29ce484222325ULL;
+    size_t n = fm_engine_table_count(h->e);
+    for (size_t i = 0; i < n; i++) {
+        struct fm_table_stats ts;
+        fm_engine_table_stats(h->e, i, &ts);
+        d = mix(d, &ts.n_rows, sizeof(ts.n_rows));
+        const uint8_t *argv[4] = {
+            (const uint8_t *)"FIND", (const uint8_t *)ts.name,
+            (const uint8_t *)"LIMIT", (const uint8_t *)"64"};
+        size_t lens[4] = {4, strlen(ts.name), 5, 2};
+        fm_reply_reset(&h->scratch);
+        FM_ASSERT(fm_engine_exec(h->e, 4, argv, lens, &h->scratch) == FM_OK);
+        d = read_reply(&h->scratch, d);
+    }
+    return d;
+}
+
+static void check(struct harness *h, const char *when)
+{
+    struct fm_error err = {0};
+    if (fm_engine_check(h->e, &err) != FM_OK) {
+        fprintf(stderr, "engine check failed %s: %s\n", when, err.msg);
+        abort();
+    }
+}
+
+/*
+ * The reply of a failed command is its error alone: EXECABORT for a batch,
+ * or OOM when even the error could not be appended.
+ */
+static void check_error_reply(const struct fm_reply *r, fm_status st,
+                              bool multi)
+{
+    struct fm_reply_cursor cur;
+    struct fm_reply_value v;
+    fm_reply_cursor_init(&cur, r);
+    FM_ASSERT(fm_reply_next(&cur, &v));
+    FM_ASSERT(v.type == FM_REPLY_ERROR);
+    const char *code = fm_status_code(v.st);
+    FM_ASSERT(strcmp(code, fm_status_code(st)) == 0 ||
+              strcmp(code, "OOM") == 0 ||
+              (multi && strcmp(code, "EXECABORT") == 0));
+    FM_ASSERT(!fm_reply_next(&cur, &v));
+}
+
+/* Runs one command or one batch, with the allocation hook if armed. */
+static void run(struct harness *h, const struct cmd *cmds, size_t n, bool multi)
+{
+    bool writes = multi;
+    for (size_t i = 0; i < n && !writes; i++)
+        writes = cmds[i].argc > 0 &&
+                 fm_engine_command_is_write(cmds[i].argv[0], cmds[i].len[0]);
+    uint64_t before = writes ? digest(h) : 0;
+    fm_reply_reset(&h->reply);
+    h->n_allocs = 0;
+    if (h->fail_at > 0)
+        fm_set_alloc_fail_hook(fail_hook, h);
+    fm_status st;
+    if (multi) {
+        struct fm_command batch[MAX_BATCH];
+        for (size_t i = 0; i < n; i++)
+            batch[i] =
+                (struct fm_command){cmds[i].argc, cmds[i].argv, cmds[i].len};
+        st = fm_engine_exec_multi(h->e, n, batch, &h->reply);
+    } else {
+        st = fm_engine_exec(h->e, cmds[0].argc, cmds[0].argv, cmds[0].len,
+                            &h->reply);
+    }
+    fm_set_alloc_fail_hook(NULL, NULL);
+    h->fail_at = 0;
+    read_reply(&h->reply, 0);
+    /* Reads change nothing; the final check covers them too. */
+    if (writes || st != FM_OK)
+        check(h, "after a command");
+    if (st == FM_OK)
+        return;
+    check_error_reply(&h->reply, st, multi);
+    if (writes && digest(h) != before) {
+        fprintf(stderr, "a failed command (%s) changed the tables\n",
+                fm_status_name(st));
+        abort();
+    }
+}
+
+static void remove_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return;
+    struct dirent *ent;
+    char p[512];
+    while ((ent = readdir(d)) != NULL) {
+        if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0)
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", path, ent->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+static void open_engine(struct harness *h)
+{
+    struct fm_engine_options opts = {0};
+    opts.fsync = FM_FSYNC_NO;
+    opts.dir = h->dir[0] != '\0' ? h->dir : NULL;
+    struct fm_error err = {0};
+    if (fm_engine_new(&opts, &h->e, &err) != FM_OK) {
+        fprintf(stderr, "engine does not open: %s\n", err.msg);
+        abort();
+    }
+}
+
+static void flush(struct harness *h)
+{
+    struct fm_error err = {0};
+    if (h->dir[0] != '\0' && fm_engine_flush(h->e, &err) != FM_OK) {
+        fprintf(stderr, "flush failed: %s\n", err.msg);
+        abort();
+    }
+}
+
+/* Recovers the engine from its directory; it must come back the same. */
+static void reopen(struct harness *h)
+{
+    flush(h);
+    uint64_t before = digest(h);
+    uint64_t rows = fm_engine_row_count(h->e);
+    fm_engine_free(h->e);
+    h->e = NULL;
+    open_engine(h);
+    check(h, "after recovery");
+    if (digest(h) != before || fm_engine_row_count(h->e) != rows) {
+        fprintf(stderr, "the recovered engine differs\n");
+        abort();
+    }
+}
+
+/* Where data directories go: tmpfs when there is one. */
+static const char *tmp_root(void)
+{
+    const char *env = getenv("FM_FUZZ_TMPDIR");
+    if (env != NULL)
+        return env;
+    struct stat sb;
+    if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) &&
+        access("/dev/shm", W_OK) == 0)
+        return "/dev/shm";
+    return "/tmp";
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    uint8_t *copy = malloc(size + 1);
+    FM_ASSERT(copy != NULL);
+    memcpy(copy, data, size);
+    struct harness h;
+    memset(&h, 0, sizeof(h));
+    static struct cmd cmds[MAX_LINES];
+    size_t n_cmds = 0;
+    size_t start = 0;
+    for (size_t i = 0; i <= size && n_cmds < MAX_LINES; i++) {
+        if (i == size || copy[i] == '\n') {
+            split(copy + start, i - start, &cmds[n_cmds++]);
+            start = i + 1;
+        }
+    }
+    size_t first = 0;
+    if (n_cmds > 0 && same_word(&cmds[0], "PERSIST")) {
+        snprintf(h.dir, sizeof(h.dir), "%s/fm_fuzz_XXXXXX", tmp_root());
+        FM_ASSERT(mkdtemp(h.dir) != NULL);
+        first = 1;
+    }
+    open_engine(&h);
+    for (size_t i = first; i < n_cmds; i++) {
+        const struct cmd *c = &cmds[i];
+        if (c->argc == 1 && c->len[0] > 1 && c->argv[0][0] == '!') {
+            h.fail_at = strtol((const char *)c->argv[0] + 1, NULL, 10);
+            continue;
+        }
+        if (same_word(c, "SAVE") && h.dir[0] != '\0') {
+            struct fm_error err = {0};
+            fm_status st = fm_engine_save(h.e, &err);
+            FM_ASSERT(st == FM_OK);
+            continue;
+        }
+        if (same_word(c, "REOPEN") && h.dir[0] != '\0') {
+            reopen(&h);
+            continue;
+        }
+        if (same_word(c, "MULTI")) {
+            size_t j = i + 1;
+            while (j < n_cmds && j - i - 1 < MAX_BATCH &&
+                   !same_word(&cmds[j], "EXEC"))
+                j++;
+            run(&h, &cmds[i + 1], j - i - 1, true);
+            i = j;
+            continue;
+        }
+        if (c->argc > 0)
+            run(&h, c, 1, false);
+        flush(&h);
+    }
+    if (h.dir[0] != '\0')
+        reopen(&h);
+    check(&h, "at the end");
+    fm_engine_free(h.e);
+    fm_reply_fini(&h.reply);
+    fm_reply_fini(&h.scratch);
+    if (h.dir[0] != '\0')
+        remove_dir(h.dir);
+    free(copy);
+    return 0;
+}
