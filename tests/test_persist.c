@@ -1006,3 +1006,30 @@ Test(persist, a_failed_background_snapshot_is_retried_only_after_a_delay)
     cr_assert_str_eq(ps.last_save_error, "");
     fm_engine_free(e);
 }
+
+Test(persist, a_lock_left_to_the_child_of_an_exited_engine_is_waited_for)
+{
+    /* A process opens the directory, forks a child that inherits the lock
+     * (as a snapshot child does) and lives on for a while, and exits. */
+    pid_t taker = fork();
+    cr_assert_geq(taker, 0);
+    if (taker == 0) {
+        struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+        struct fm_engine *e = NULL;
+        struct fm_error err = {0};
+        if (fm_engine_new(&o, &e, &err) != FM_OK)
+            _exit(2);
+        if (fork() == 0) {
+            nanosleep(&(struct timespec){0, 500000000}, NULL);
+            _exit(0);
+        }
+        _exit(0);
+    }
+    int status;
+    cr_assert_eq(waitpid(taker, &status, 0), taker);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* The pid in LOCK is gone: the open waits for the child to let go
+     * instead of refusing. */
+    struct fm_engine *e = open_db();
+    fm_engine_free(e);
+}

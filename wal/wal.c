@@ -14,7 +14,9 @@
  *   *.wal.tmp             a segment being created; removed at open
  *
  * Open (recovery). Take the lock (a second open, even in the same process,
- * gets FM_ERR_LOCKED), remove stale *.wal.tmp, then read every segment in
+ * gets FM_ERR_LOCKED; a lock that outlived the process whose pid the LOCK
+ * file names is waited for, see lock_dir), remove stale *.wal.tmp, then
+ * read every segment in
  * name order and run the record scanner over it: the header must be sound,
  * carry the caller's schema (FM_ERR_SCHEMA otherwise) and the LSN of its
  * name; each segment must start where the previous one ended, except for a
@@ -99,6 +101,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +113,8 @@
 
 #define LOCK_NAME "LOCK"
 #define PATH_CAP  4096
+/* How long an open waits for a lock whose taker has exited (lock_dir). */
+#define LOCK_ORPHAN_WAIT_MS 10000
 
 struct wal_segment {
     uint64_t first_lsn; /* from the name and the header */
@@ -570,6 +575,40 @@ static void wal_free(struct fm_wal *wal)
     fm_free(wal);
 }
 
+/* True when the LOCK file's text names a pid that no process has. */
+static bool holder_is_gone(const char *pid_text)
+{
+    char *end;
+    long pid = strtol(pid_text, &end, 10);
+    return end != pid_text && pid > 0 && kill((pid_t)pid, 0) != 0 &&
+           errno == ESRCH;
+}
+
+/*
+ * The lock is held, but the process that took it (the pid in the file) is
+ * gone: what holds it is a process it forked, which inherited the lock, in
+ * practice its background snapshot's child, which the engine makes die
+ * with its parent. It may still be finishing a write to the directory, so
+ * the open waits for it to let go (LOCK_ORPHAN_WAIT_MS at most) rather than
+ * refuse or share the directory with it. Returns the last flock result.
+ */
+static int wait_for_orphaned_lock(struct fm_wal *wal, int fd,
+                                  const char *pid_text)
+{
+    fm_wal_log(wal->log_fn, wal->log_ctx, FM_LOG_WARNING,
+               "the lock of %s is held by a process left behind by fermata "
+               "pid %s, which has exited (its snapshot child?); waiting up "
+               "to %d s for it to let go",
+               wal->dir, pid_text, LOCK_ORPHAN_WAIT_MS / 1000);
+    int e = EWOULDBLOCK;
+    for (int i = 0; i < LOCK_ORPHAN_WAIT_MS / 10 && e == EWOULDBLOCK; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        e = fm_wal_flock_try(fd);
+    }
+    return e;
+}
+
 /* Creates the directory if needed and takes the LOCK file. */
 static fm_status lock_dir(struct fm_wal *wal, struct fm_error *err)
 {
@@ -585,11 +624,26 @@ static fm_status lock_dir(struct fm_wal *wal, struct fm_error *err)
         return fm_error_set(err, FM_ERR_IO, "cannot open lock file %s: %s",
                             path, strerror(errno));
     int e = fm_wal_flock_try(fd);
+    char pid[32] = "unknown";
+    bool orphaned = false;
     if (e == EWOULDBLOCK) {
-        char pid[32] = "unknown";
         ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
         if (n > 0)
             pid[n] = '\0';
+        orphaned = holder_is_gone(pid);
+        if (orphaned)
+            e = wait_for_orphaned_lock(wal, fd, pid);
+    }
+    if (e == EWOULDBLOCK && orphaned) {
+        close(fd);
+        return fm_error_set(err, FM_ERR_LOCKED,
+                            "data directory %s is locked by a process left "
+                            "behind by fermata pid %s, which has exited (its "
+                            "snapshot child?), and it did not let go of %s "
+                            "within %d s",
+                            wal->dir, pid, path, LOCK_ORPHAN_WAIT_MS / 1000);
+    }
+    if (e == EWOULDBLOCK) {
         close(fd);
         return fm_error_set(err, FM_ERR_LOCKED,
                             "data directory %s is in use by another fermata "
@@ -601,7 +655,8 @@ static fm_status lock_dir(struct fm_wal *wal, struct fm_error *err)
         return fm_error_set(err, FM_ERR_IO, "cannot lock %s: %s", path,
                             strerror(e));
     }
-    /* The pid is only for the message above; failing to write it is fine. */
+    /* The pid is for the messages above and for telling a live holder from
+     * an orphaned one; failing to write it only loses that. */
     char text[32];
     int len = snprintf(text, sizeof(text), "%ld", (long)getpid());
     if (ftruncate(fd, 0) == 0 && pwrite(fd, text, (size_t)len, 0) < 0)

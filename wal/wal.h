@@ -139,7 +139,9 @@ fm_status fm_wal_make_dir(const char *dir, struct fm_error *err);
  * at the end of the last segment, or at opts->start_lsn in a new segment.
  * The options are copied; opts->io must outlive the handle.
  *
- * FM_ERR_LOCKED: another handle or process holds the directory.
+ * FM_ERR_LOCKED: another handle or process holds the directory. When the
+ *   process the LOCK file names has exited, the holder is a process it
+ *   left behind (a snapshot child): the open waits up to 10 s for it first.
  * FM_ERR_SCHEMA: a segment was written under another schema (names file).
  * FM_ERR_CORRUPT: a bad record followed by good ones, a bad header, an LSN
  *   gap, or a segment name that disagrees with its header (names file and
