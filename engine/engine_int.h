@@ -147,7 +147,9 @@ struct fm_engine {
     uint64_t save_lsn;     /* LSN of the newest snapshot */
     uint64_t wal_bytes_at_save;
     int64_t last_save_mono_us;
-    int64_t last_save_try_us; /* monotonic: the last snapshot attempt */
+    int64_t last_save_try_us;  /* monotonic: the last snapshot attempt */
+    fm_atfork_fn atfork_child; /* run first in a snapshot child, or NULL */
+    void *atfork_ctx;
     struct fm_persist_stats pstats;
     /* Scratch reused by every command, so a warm engine does not allocate:
      * keys being built, row id lists, the record being encoded. */

@@ -116,6 +116,13 @@ bool fm_fsync_policy_parse(const char *name, enum fm_fsync_policy *out);
  */
 #define FM_SNAPSHOT_RETRY_DELAY_S 5
 
+/*
+ * Called in a background snapshot's child right after fork(), before it
+ * writes anything, so that the embedding program closes what the child
+ * must not keep open (fm_engine_options.atfork_child).
+ */
+typedef void (*fm_atfork_fn)(void *ctx);
+
 /* Snapshot triggers (SPEC section 4); zero values take the defaults. */
 struct fm_snapshot_config {
     uint64_t interval_s; /* snapshot when this old and anything changed;
@@ -143,6 +150,14 @@ struct fm_engine_options {
     struct fm_snapshot_config snapshot;
     const void *wal_io; /* tests only: a struct fm_wal_io (wal/wal.h) that
                            replaces the WAL's system calls; NULL for real */
+    /*
+     * May be NULL. A server closes its listening and client sockets here:
+     * a child that kept them would keep a closed connection open until it
+     * exits, and a listener alive after the server died. Only close() and
+     * the like: the child runs on the parent's memory, copy-on-write.
+     */
+    fm_atfork_fn atfork_child;
+    void *atfork_ctx;
 };
 
 /* The built-in default schema of SPEC section 1, NUL-terminated DDL. */
@@ -196,8 +211,10 @@ fm_status fm_engine_save(struct fm_engine *e, struct fm_error *err);
 /*
  * Starts a snapshot in a forked child (BGSAVE) and returns at once; the
  * parent keeps serving, and fm_engine_cron notices when the child ends.
- * FM_ERR_STATE (no data directory, or one is already running), FM_ERR_IO
- * (fork failed).
+ * The child runs opts.atfork_child first, and is killed (SIGKILL) when the
+ * thread that called this exits: a snapshot child never outlives its
+ * server, and keeps the directory locked while it runs. FM_ERR_STATE (no
+ * data directory, or one is already running), FM_ERR_IO (fork failed).
  */
 fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err);
 

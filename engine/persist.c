@@ -46,10 +46,11 @@
  *
  * Background snapshots fork: the child writes the copy-on-write image of
  * every table while the parent goes on serving, and reports its sizes and
- * copied memory through a pipe before it exits. The parent flushes the WAL
- * before forking, so the snapshot's LSN is the last LSN written. After a
- * snapshot commits, snapshots beyond snapshot.keep are deleted and WAL
- * segments older than the oldest kept snapshot go with them. After one
+ * copied memory through a pipe before it exits. It dies with its parent
+ * and closes what it inherited but must not hold (enter_child). The parent
+ * flushes the WAL before forking, so the snapshot's LSN is the last LSN
+ * written. After a snapshot commits, snapshots beyond snapshot.keep are deleted
+ * and WAL segments older than the oldest kept snapshot go with them. After one
  * fails, the automatic triggers wait FM_SNAPSHOT_RETRY_DELAY_S from the
  * attempt (a lasting cause would fork a child every tick), and the log
  * warns once per run of failures (record_save_failure).
@@ -62,6 +63,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -510,6 +512,24 @@ static uint64_t private_dirty_bytes(void)
     return total;
 }
 
+/*
+ * The first steps of a snapshot child. It dies with the thread that forked
+ * it (PR_SET_PDEATHSIG), checking afterwards that it is not already
+ * orphaned: it shares the directory's lock and writes into the directory,
+ * and one that outlived a killed server would keep a restart out, then
+ * commit a snapshot of another incarnation into the restarted server's
+ * directory (wal.c waits for such a lock rather than share it). Then the
+ * embedding program closes what the child must not hold (a server's
+ * sockets).
+ */
+static void enter_child(struct fm_engine *e, pid_t parent)
+{
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(1);
+    if (e->atfork_child != NULL)
+        e->atfork_child(e->atfork_ctx);
+}
+
 static void child_main(struct fm_engine *e, uint64_t lsn, int fd)
 {
     struct fm_error err = {0};
@@ -546,6 +566,7 @@ fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err)
         record_save_failure(e, "background snapshot", err->msg);
         return FM_ERR_IO;
     }
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         int e2 = errno;
@@ -557,6 +578,7 @@ fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err)
     }
     if (pid == 0) {
         close(fds[0]);
+        enter_child(e, parent);
         child_main(e, e->last_lsn, fds[1]);
     }
     close(fds[1]);
@@ -1488,6 +1510,8 @@ fm_status fm_persist_open(struct fm_engine *e,
         return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
     memcpy(e->dir, opts->dir, n + 1);
     e->fsync = opts->fsync;
+    e->atfork_child = opts->atfork_child;
+    e->atfork_ctx = opts->atfork_ctx;
     fm_engine_set_snapshot_config(e, &opts->snapshot);
     if (mkdir(e->dir, 0755) != 0 && errno != EEXIST)
         return fm_error_set(err, FM_ERR_IO, "cannot create %s: %s", e->dir,

@@ -121,6 +121,26 @@ enum fm_fsync_policy fm_server_fsync_policy(const struct fm_config *cfg)
     return by_index[cfg->fsync];
 }
 
+/*
+ * Runs in a background snapshot's child right after the fork (the engine's
+ * atfork_child). The child needs none of the server's descriptors but the
+ * log's, and each one it kept would stay open after the server closes its
+ * own: a client the server closes would see no end of the connection until
+ * the snapshot is done, and a listening socket would outlive a killed
+ * server, its port bound and accepting connections nobody serves. Only
+ * close(): the child runs on the server's memory, copy-on-write.
+ */
+static void close_in_snapshot_child(void *ctx)
+{
+    struct fm_server *srv = ctx;
+    for (struct fm_client *c = srv->clients; c != NULL; c = c->next)
+        close(c->fd);
+    close_fd(&srv->listen_fd);
+    close_fd(&srv->wake_fd[0]);
+    close_fd(&srv->wake_fd[1]);
+    close_fd(&srv->signal_fd);
+}
+
 static fm_status create_engine(struct fm_server *srv, struct fm_error *err)
 {
     struct fm_buf schema = {0};
@@ -140,6 +160,8 @@ static fm_status create_engine(struct fm_server *srv, struct fm_error *err)
     opts.fsync = fm_server_fsync_policy(&srv->cfg);
     opts.force_recovery = srv->cfg.force_recovery;
     opts.wal_io = srv->cfg.wal_io;
+    opts.atfork_child = close_in_snapshot_child;
+    opts.atfork_ctx = srv;
     fm_server_snapshot_config(&srv->cfg, &opts.snapshot);
     st = fm_engine_new(&opts, &srv->engine, err);
 out:

@@ -8,6 +8,11 @@
  * this from a real disk failure. Only files whose path contains ".wal" are
  * affected, so logs and snapshots are left alone. Without the trigger file
  * every call goes straight to the C library.
+ *
+ * While the file named by FM_FAULT_STALL exists, every pwrite to a snapshot
+ * being written (a path containing ".snap.tmp") waits until the file is
+ * gone: a test holds a background snapshot's child in the middle of its
+ * work, for as long as it needs, without a sleep of its own.
  */
 #define _GNU_SOURCE /* RTLD_NEXT */
 #include <dlfcn.h>
@@ -18,11 +23,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 int fdatasync(int fd);
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off);
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off);
+
+/* True when the path of fd contains part. */
+static bool fd_path_has(int fd, const char *part)
+{
+    char link[64];
+    char path[4096];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof(path) - 1);
+    if (n <= 0)
+        return false;
+    path[n] = '\0';
+    return strstr(path, part) != NULL;
+}
 
 /* True when fd is a WAL segment and the fault is armed for call. */
 static bool should_fail(const char *call, int fd)
@@ -32,14 +51,20 @@ static bool should_fail(const char *call, int fd)
     if (trigger == NULL || which == NULL || strcmp(which, call) != 0 ||
         access(trigger, F_OK) != 0)
         return false;
-    char link[64];
-    char path[4096];
-    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(link, path, sizeof(path) - 1);
-    if (n <= 0)
-        return false;
-    path[n] = '\0';
-    return strstr(path, ".wal") != NULL;
+    return fd_path_has(fd, ".wal");
+}
+
+/* Waits while FM_FAULT_STALL exists if fd is a snapshot being written. */
+static void stall_snapshot_write(int fd)
+{
+    const char *stall = getenv("FM_FAULT_STALL");
+    if (stall == NULL || access(stall, F_OK) != 0 ||
+        !fd_path_has(fd, ".snap.tmp"))
+        return;
+    while (access(stall, F_OK) == 0) {
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 static int fault_errno(void)
@@ -65,6 +90,7 @@ static ssize_t do_pwrite(const char *sym, int fd, const void *buf, size_t n,
 {
     ssize_t (*real)(int, const void *, size_t, off_t);
     *(void **)&real = dlsym(RTLD_NEXT, sym);
+    stall_snapshot_write(fd);
     if (should_fail("pwrite", fd)) {
         errno = fault_errno();
         return -1;

@@ -17,8 +17,10 @@
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +38,7 @@
 static char dir[256];
 static char log_path[300];
 static char trigger[300];
+static char stall[300];
 
 static void setup(void)
 {
@@ -43,12 +46,14 @@ static void setup(void)
     cr_assert_not_null(mkdtemp(dir));
     snprintf(log_path, sizeof(log_path), "%s.log", dir);
     snprintf(trigger, sizeof(trigger), "%s.trigger", dir);
+    snprintf(stall, sizeof(stall), "%s.stall", dir);
 }
 
 static void teardown(void)
 {
-    char cmd[1000];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s' '%s'", dir, log_path, trigger);
+    char cmd[1400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s' '%s' '%s'", dir, log_path,
+             trigger, stall);
     cr_assert_eq(system(cmd), 0);
 }
 
@@ -610,6 +615,134 @@ Test(fault, shutdown_after_a_failed_background_fsync_saves_every_acked_write)
     c = connect_to(port);
     expect_int(c, 3, "COUNT artists");
     expect_int(c, 4, "INSERT artists name next");
+    redisFree(c);
+    kill_server(server);
+}
+
+/* Starts the server under the shim with the writes of snapshots held for
+ * as long as the stall file exists; returns its pid. */
+static pid_t start_stalling(int *port)
+{
+    static char env_preload[512];
+    static char env_stall[400];
+    static char env_asan[] =
+        "ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0";
+    snprintf(env_preload, sizeof(env_preload), "LD_PRELOAD=%s", FM_FAULT_SHIM);
+    snprintf(env_stall, sizeof(env_stall), "FM_FAULT_STALL=%s", stall);
+    char *const env[] = {env_preload, env_stall, env_asan, NULL};
+    return fm_test_start_server(dir, log_path, NULL, env, port);
+}
+
+static void hold_snapshots(void)
+{
+    FILE *f = fopen(stall, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+}
+
+/* The pid of the last "background snapshot started by pid N" line of the
+ * log (5 s at most). */
+static pid_t snapshot_child(void)
+{
+    static const char key[] = "snapshot started by pid ";
+    for (int i = 0; i < 250; i++) {
+        FILE *f = fopen(log_path, "r");
+        cr_assert_not_null(f);
+        char line[1024];
+        pid_t pid = 0;
+        while (fgets(line, sizeof(line), f) != NULL) {
+            const char *p = strstr(line, key);
+            if (p != NULL)
+                pid = (pid_t)atoi(p + strlen(key));
+        }
+        fclose(f);
+        if (pid > 0)
+            return pid;
+        fm_test_pause_ms(20);
+    }
+    cr_assert_fail("no snapshot child in %s", log_path);
+    return 0;
+}
+
+/* Sockets among the open files of pid (/proc/pid/fd). */
+static int sockets_held(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d, "%s", path);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char link[600];
+        char target[256];
+        snprintf(link, sizeof(link), "%s/%s", path, de->d_name);
+        ssize_t len = readlink(link, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        n += strncmp(target, "socket:", 7) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/* True once pid has exited (gone, or a zombie nobody reaped yet). */
+static bool has_exited(pid_t pid)
+{
+    char path[64];
+    char buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return true;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p != NULL && (p[2] == 'Z' || p[2] == 'X');
+}
+
+/* True when the server closes c's connection within 5 s. */
+static bool sees_eof(redisContext *c)
+{
+    struct pollfd pfd = {c->fd, POLLIN, 0};
+    char b;
+    return poll(&pfd, 1, 5000) == 1 && recv(c->fd, &b, 1, 0) == 0;
+}
+
+Test(fault, snapshot_child_holds_no_socket_and_dies_with_its_server)
+{
+    int port;
+    hold_snapshots();
+    pid_t server = start_stalling(&port);
+    redisContext *c = connect_to(port);
+    redisContext *other = connect_to(port);
+    expect_int(c, 1, "INSERT artists name kept");
+    redisReply *r = cmd(c, "BGSAVE");
+    cr_assert_eq(r->type, REDIS_REPLY_STATUS, "%s", r->str);
+    freeReplyObject(r);
+    pid_t child = snapshot_child();
+    /* The listener and both clients are closed in the child at once. */
+    int held = -1;
+    for (int i = 0; i < 250 && (held = sockets_held(child)) != 0; i++)
+        fm_test_pause_ms(20);
+    cr_assert_eq(held, 0, "the snapshot child holds %d sockets", held);
+    /* So a connection the server closes is closed now, not when the
+     * snapshot is done. */
+    r = cmd(other, "QUIT");
+    freeReplyObject(r);
+    cr_assert(sees_eof(other), "QUIT left the connection open");
+    redisFree(other);
+    /* The child dies with its server and lets go of the directory. */
+    kill_server(server);
+    for (int i = 0; i < 250 && !has_exited(child); i++)
+        fm_test_pause_ms(20);
+    cr_assert(has_exited(child), "the snapshot child outlived its server");
+    redisFree(c);
+    server = fm_test_start_server(dir, log_path, NULL, NULL, &port);
+    c = connect_to(port);
+    expect_int(c, 1, "COUNT artists");
     redisFree(c);
     kill_server(server);
 }
