@@ -228,13 +228,14 @@ fm_status fm_engine_bgsave(struct fm_engine *e, struct fm_error *err);
 void fm_engine_cron(struct fm_engine *e);
 
 /*
- * Clean stop: flushes and fsyncs the WAL, then snapshots unless nosave
- * (waiting for a running background snapshot first). When the WAL is
- * read-only the snapshot is written all the same (unless nosave), at the
- * last LSN handed out, so that a restart has every acknowledged write
- * (docs/durability.md); FM_OK when it was written. Errors are reported
- * (FM_ERR_READONLY with nosave and a read-only WAL, the snapshot's
- * FM_ERR_IO, ...) but the engine can still be freed.
+ * Clean stop: stops a running background snapshot (its child is killed and
+ * its temporary file removed), flushes and fsyncs the WAL, then snapshots
+ * unless nosave. When the WAL is read-only the snapshot is written all the
+ * same (unless nosave), at the last LSN handed out, so that a restart has
+ * every acknowledged write (docs/durability.md); FM_OK when it was
+ * written. Errors are reported (FM_ERR_READONLY with nosave and a
+ * read-only WAL, the snapshot's FM_ERR_IO, ...) but the engine can still
+ * be freed.
  */
 fm_status fm_engine_shutdown(struct fm_engine *e, bool nosave,
                              struct fm_error *err);

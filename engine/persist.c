@@ -613,13 +613,13 @@ static void child_failure(pid_t r, int status, int wait_errno,
                  strerror(wait_errno));
 }
 
-/* Collects a finished child; with block, waits for it. */
-static void reap_child(struct fm_engine *e, bool block)
+/* Collects the child if it has finished, and records how it went. */
+static void reap_child(struct fm_engine *e)
 {
     if (e->child_pid == 0)
         return;
     int status = 0;
-    pid_t r = waitpid(e->child_pid, &status, block ? 0 : WNOHANG);
+    pid_t r = waitpid(e->child_pid, &status, WNOHANG);
     int wait_errno = errno;
     if (r == 0 || (r < 0 && wait_errno == EINTR))
         return;
@@ -666,12 +666,41 @@ static void notice_wal_failure(struct fm_engine *e)
         go_readonly(e, fm_wal_readonly_reason(e->wal));
 }
 
+/*
+ * Stops a running background snapshot for good (shutdown, close): kills
+ * the child, reaps it and removes its temporary file, which no one else
+ * can be writing (SAVE and BGSAVE refuse while a child runs, and the
+ * directory lock keeps other processes out). A snapshot the child
+ * committed just before is left: it is complete. Not a failed snapshot:
+ * nothing is counted.
+ */
+static void abandon_child(struct fm_engine *e, const char *when)
+{
+    if (e->child_pid == 0)
+        return;
+    pid_t pid = e->child_pid;
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        continue;
+    e->child_pid = 0;
+    if (e->child_pipe >= 0)
+        close(e->child_pipe);
+    e->child_pipe = -1;
+    char name[FM_SNAPSHOT_NAME_CAP];
+    char path[4096];
+    fm_snapshot_name(name, e->child_lsn);
+    snprintf(path, sizeof(path), "%s/%s.tmp", e->dir, name);
+    bool removed = unlink(path) == 0;
+    note(e, FM_LOG_NOTICE, "background snapshot by pid %ld abandoned %s%s",
+         (long)pid, when, removed ? "; its temporary file was removed" : "");
+}
+
 void fm_engine_cron(struct fm_engine *e)
 {
     if (e->wal == NULL)
         return;
     notice_wal_failure(e);
-    reap_child(e, false);
+    reap_child(e);
     if (e->child_pid != 0 || e->readonly)
         return;
     /* After a failure, whatever the triggers say, as Redis does after a
@@ -776,10 +805,14 @@ fm_status fm_engine_shutdown(struct fm_engine *e, bool nosave,
 {
     if (e->wal == NULL)
         return FM_OK;
+    /* A child that is done is counted; one still writing is stopped, as
+     * Redis does: NOSAVE wants no snapshot, and otherwise the one written
+     * below is newer. Waiting would hold the exit for a whole snapshot. */
+    reap_child(e);
+    abandon_child(e, "at shutdown");
     fm_status st = fm_engine_flush(e, err);
     if (st == FM_OK)
         st = fm_wal_sync(e->wal, err);
-    reap_child(e, true);
     if (st == FM_ERR_READONLY)
         return shutdown_readonly(e, nosave, err);
     if (st == FM_OK && !nosave && e->pstats.changes_since_save > 0)
@@ -1562,10 +1595,7 @@ fm_status fm_persist_open(struct fm_engine *e,
 
 void fm_persist_close(struct fm_engine *e)
 {
-    if (e->child_pid != 0) {
-        kill(e->child_pid, SIGKILL);
-        reap_child(e, true);
-    }
+    abandon_child(e, "as the engine closes");
     fm_wal_close(e->wal);
     e->wal = NULL;
     fm_free(e->dir);

@@ -746,3 +746,47 @@ Test(fault, snapshot_child_holds_no_socket_and_dies_with_its_server)
     redisFree(c);
     kill_server(server);
 }
+
+/* Files of dir whose names end in suffix. */
+static int files_ending(const char *suffix)
+{
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    int n = 0;
+    struct dirent *de;
+    size_t s = strlen(suffix);
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        n += len > s && strcmp(de->d_name + len - s, suffix) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+Test(fault, shutdown_nosave_stops_a_running_background_snapshot)
+{
+    int port;
+    hold_snapshots();
+    pid_t server = start_stalling(&port);
+    redisContext *c = connect_to(port);
+    expect_int(c, 1, "INSERT artists name kept");
+    redisReply *r = cmd(c, "BGSAVE");
+    cr_assert_eq(r->type, REDIS_REPLY_STATUS, "%s", r->str);
+    freeReplyObject(r);
+    pid_t child = snapshot_child();
+    /* The child is held mid-write for as long as the test likes: the
+     * server must not wait for it (Redis kills its child too). */
+    r = redisCommand(c, "SHUTDOWN NOSAVE");
+    cr_assert_null(r, "SHUTDOWN answered instead of closing");
+    redisFree(c);
+    wait_exit(server);
+    cr_assert(has_exited(child), "the snapshot child is still running");
+    cr_assert_eq(files_ending(".snap.tmp"), 0, "its temporary file is left");
+    cr_assert_eq(files_ending(".snap"), 0, "NOSAVE wrote a snapshot");
+    cr_assert(log_has("background snapshot", "abandoned"), "see %s", log_path);
+    server = fm_test_start_server(dir, log_path, NULL, NULL, &port);
+    c = connect_to(port);
+    expect_int(c, 1, "COUNT artists");
+    redisFree(c);
+    kill_server(server);
+}
