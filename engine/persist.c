@@ -64,7 +64,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1546,11 +1545,11 @@ fm_status fm_persist_open(struct fm_engine *e,
     e->atfork_child = opts->atfork_child;
     e->atfork_ctx = opts->atfork_ctx;
     fm_engine_set_snapshot_config(e, &opts->snapshot);
-    if (mkdir(e->dir, 0755) != 0 && errno != EEXIST)
-        return fm_error_set(err, FM_ERR_IO, "cannot create %s: %s", e->dir,
-                            strerror(errno));
+    fm_status st = fm_wal_make_dir(e->dir, err);
+    if (st != FM_OK)
+        return st;
     uint64_t snap_lsn;
-    fm_status st = load_newest_snapshot(e, &snap_lsn, err);
+    st = load_newest_snapshot(e, &snap_lsn, err);
     if (st != FM_OK)
         return st;
     for (size_t i = 0; i < e->schema.n_tables; i++)
