@@ -275,6 +275,9 @@ struct fm_persist_stats {
     uint64_t changes_since_save; /* committed writes since the last save */
     uint64_t recovered_rows;     /* loaded from the snapshot at start */
     uint64_t recovered_records;  /* WAL records replayed at start */
+    uint64_t recovery_skipped;   /* damaged WAL regions skipped at start
+                                    (force_recovery) */
+    uint64_t recovery_lsns_lost; /* LSNs in them, as far as known */
     int64_t recovery_us;
 };
 void fm_engine_persist_stats(const struct fm_engine *e,

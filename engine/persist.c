@@ -1531,6 +1531,68 @@ static fm_status replay_wal(struct fm_engine *e, uint64_t after,
     return st;
 }
 
+/*
+ * After a forced recovery skipped records, rows may reference rows whose
+ * inserts were lost. Those ids must never be handed out again, or a new
+ * row would silently adopt the orphans (a new user 1 owning the lost user
+ * 1's playlists): every table's next id moves past each id that references
+ * it.
+ */
+static void reserve_referenced_ids(struct fm_engine *e)
+{
+    for (size_t ti = 0; ti < e->schema.n_tables; ti++) {
+        struct fm_table *t = &e->tables[ti];
+        const struct fm_table_def *d = t->def;
+        bool has_fk = false;
+        for (size_t c = 1; c < d->n_cols; c++)
+            has_fk = has_fk || d->cols[c].fk_table >= 0;
+        for (uint64_t id = 1; has_fk && id < t->next_id; id++) {
+            const uint8_t *rec = fm_table_record(t, id);
+            if (rec == NULL)
+                continue;
+            struct fm_row row;
+            fm_table_decode(t, id, rec, &row);
+            for (size_t c = 1; c < d->n_cols; c++) {
+                const struct fm_value *v = &row.v[c];
+                int p = d->cols[c].fk_table;
+                if (p < 0 || v->is_null || v->i <= 0 ||
+                    (uint64_t)v->i >= FM_ID_MAX - 1)
+                    continue;
+                struct fm_table *pt = &e->tables[p];
+                if ((uint64_t)v->i >= pt->next_id)
+                    pt->next_id = (uint64_t)v->i + 1;
+            }
+        }
+    }
+}
+
+/* Says what a forced recovery skipped and whether the result holds. */
+static void report_forced_recovery(struct fm_engine *e)
+{
+    struct fm_wal_recovery wr;
+    fm_wal_get_recovery(e->wal, &wr);
+    e->pstats.recovery_skipped = wr.n_skipped;
+    e->pstats.recovery_lsns_lost = wr.n_lsns_missing;
+    if (wr.n_skipped == 0)
+        return;
+    note(e, FM_LOG_WARNING,
+         "force recovery skipped %llu damaged regions of the WAL in %s; "
+         "%llu records after them were lost with them",
+         (unsigned long long)wr.n_skipped, e->dir,
+         (unsigned long long)wr.n_lsns_missing);
+    reserve_referenced_ids(e);
+    struct fm_error cerr = {0};
+    if (fm_engine_check(e, &cerr) == FM_OK)
+        note(e, FM_LOG_WARNING,
+             "the data recovered past them passes every constraint check");
+    else
+        note(e, FM_LOG_WARNING,
+             "the data recovered past them breaks a constraint (%s); ids of "
+             "rows that were lost are not reused, and fermata-check --deep "
+             "on a copy shows the first problem",
+             cerr.msg);
+}
+
 fm_status fm_persist_open(struct fm_engine *e,
                           const struct fm_engine_options *opts,
                           struct fm_error *err)
@@ -1572,6 +1634,7 @@ fm_status fm_persist_open(struct fm_engine *e,
     e->wal_bytes_at_save = 0;
     if ((st = replay_wal(e, snap_lsn, err)) != FM_OK)
         return st;
+    report_forced_recovery(e);
     e->save_lsn = snap_lsn;
     e->pstats.last_save_lsn = snap_lsn;
     e->pstats.last_save_ok = true;

@@ -188,6 +188,8 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
         "last_cow_bytes:%zu\r\n"
         "recovered_rows:%llu\r\n"
         "recovered_wal_records:%llu\r\n"
+        "recovery_skipped_regions:%llu\r\n"
+        "recovery_lost_lsns:%llu\r\n"
         "recovery_usec:%lld\r\n"
         "rdb_changes_since_last_save:%llu\r\n"
         "rdb_bgsave_in_progress:%d\r\n"
@@ -208,7 +210,9 @@ static void section_persistence(const struct fm_server *srv, struct fm_buf *b)
         (unsigned long long)ps.last_save_bytes,
         (unsigned long long)ps.last_save_raw_bytes, (long long)ps.last_fork_us,
         ps.last_cow_bytes, (unsigned long long)ps.recovered_rows,
-        (unsigned long long)ps.recovered_records, (long long)ps.recovery_us,
+        (unsigned long long)ps.recovered_records,
+        (unsigned long long)ps.recovery_skipped,
+        (unsigned long long)ps.recovery_lsns_lost, (long long)ps.recovery_us,
         (unsigned long long)ps.changes_since_save, ps.bgsave_in_progress,
         (long long)ps.last_save_time_s, ps.last_save_ok ? "ok" : "err");
 }

@@ -1033,3 +1033,51 @@ Test(persist, a_lock_left_to_the_child_of_an_exited_engine_is_waited_for)
     struct fm_engine *e = open_db();
     fm_engine_free(e);
 }
+
+/*
+ * --force-recovery past a damaged insert leaves rows that reference the
+ * lost row. Recovery says what it skipped and never hands the lost id out
+ * again, so no new row adopts the orphans.
+ */
+Test(persist, force_recovery_reports_the_skip_and_reuses_no_lost_id)
+{
+    struct fm_engine *e = open_db();
+    ok(e, "INSERT users username u1 email e1 password_digest d "
+          "session_token s1");
+    flush(e);
+    ok(e, "INSERT playlists title p user_id 1");
+    flush(e);
+    fm_engine_free(e);
+    /* Damage the users insert, the first record of the first segment. */
+    char path[512];
+    newest(".wal", path, sizeof(path));
+    int fd = open(path, O_RDWR);
+    cr_assert_geq(fd, 0, "%s", path);
+    uint8_t hdr[16];
+    cr_assert_eq(pread(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
+    off_t at = 40 + (off_t)fm_load_le32(hdr + 12) + 30;
+    uint8_t b;
+    cr_assert_eq(pread(fd, &b, 1, at), 1);
+    b ^= 0x40;
+    cr_assert_eq(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+
+    struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_new(&o, &e, &err), FM_ERR_CORRUPT, "%s", err.msg);
+    o.force_recovery = true;
+    cr_assert_eq(fm_engine_new(&o, &e, &err), FM_OK, "%s", err.msg);
+    struct fm_persist_stats ps;
+    fm_engine_persist_stats(e, &ps);
+    cr_assert_eq(ps.recovery_skipped, 1);
+    cr_assert_eq(ps.recovery_lsns_lost, 1);
+    cr_assert_eq(count_of(e, "COUNT users"), 0);
+    cr_assert_eq(count_of(e, "COUNT playlists"), 1);
+    /* A new user does not take the lost user's id 1. */
+    cr_assert_eq(count_of(e, "INSERT users username u2 email e2 "
+                             "password_digest d session_token s2"),
+                 2);
+    cr_assert_eq(count_of(e, "DELETE users 2"), 1);
+    cr_assert_eq(count_of(e, "COUNT playlists"), 1);
+    fm_engine_free(e);
+}
