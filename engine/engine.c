@@ -84,6 +84,7 @@ void fm_engine_free(struct fm_engine *e)
     fm_buf_fini(&e->key2);
     fm_buf_fini(&e->rec);
     fm_buf_fini(&e->ids);
+    fm_buf_fini(&e->cascade);
     fm_buf_fini(&e->sort);
     fm_buf_fini(&e->strs);
     fm_buf_fini(&e->redo);
@@ -231,8 +232,8 @@ void fm_engine_table_stats(const struct fm_engine *e, size_t i,
 size_t fm_engine_memory_bytes(const struct fm_engine *e)
 {
     size_t n = sizeof(*e) + e->undo_cap * sizeof(struct fm_undo) + e->key.cap +
-               e->key2.cap + e->rec.cap + e->ids.cap + e->sort.cap +
-               e->strs.cap;
+               e->key2.cap + e->rec.cap + e->ids.cap + e->cascade.cap +
+               e->sort.cap + e->strs.cap;
     for (size_t i = 0; i < e->schema.n_tables; i++)
         n += fm_table_row_bytes(&e->tables[i]) +
              fm_table_index_bytes(&e->tables[i]);

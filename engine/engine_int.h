@@ -156,9 +156,10 @@ struct fm_engine {
     struct fm_buf key;
     struct fm_buf key2;
     struct fm_buf rec;
-    struct fm_buf ids;  /* uint64_t row ids, a stack used by cascades */
-    struct fm_buf sort; /* sort entries of FIND */
-    struct fm_buf strs; /* unescaped or formatted text */
+    struct fm_buf ids;     /* uint64_t row ids, a stack used by cascades */
+    struct fm_buf cascade; /* the frames of a cascading delete (txn.c) */
+    struct fm_buf sort;    /* sort entries of FIND */
+    struct fm_buf strs;    /* unescaped or formatted text */
     struct fm_datetime_cache dt_cache; /* for datetimes in replies */
     uint8_t *keyfn_buf; /* records encoded by the index key callback */
     size_t keyfn_cap;

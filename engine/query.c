@@ -952,6 +952,15 @@ static bool collect_visit(struct fm_engine *e, const struct query *q,
     return true;
 }
 
+static int id_cmp(const void *a, const void *b)
+{
+    uint64_t x;
+    uint64_t y;
+    memcpy(&x, a, sizeof(x));
+    memcpy(&y, b, sizeof(y));
+    return (x > y) - (x < y);
+}
+
 static fm_status exec_delete_where(struct fm_engine *e, const struct query *q,
                                    struct fm_reply *reply)
 {
@@ -963,8 +972,12 @@ static fm_status exec_delete_where(struct fm_engine *e, const struct query *q,
     if (run_plan(e, q, &p, collect_visit, &failed) != FM_OK || failed)
         return nomem(e);
     /* The ids are collected first: deleting while walking an index would
-     * invalidate the iterator. Cascades push above them on e->ids. */
+     * invalidate the iterator. Cascades push above them on e->ids. They
+     * are deleted in id order whatever the access path, as SQLite does, so
+     * that the two agree on which RESTRICT a cascade meets first. */
     size_t n_ids = e->ids.len / sizeof(uint64_t);
+    if (n_ids > 1 && (p.kind == P_BTREE || p.kind == P_HASH))
+        qsort(e->ids.data, n_ids, sizeof(uint64_t), id_cmp);
     uint64_t n = 0;
     for (size_t i = 0; i < n_ids; i++) {
         uint64_t id;

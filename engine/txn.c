@@ -22,10 +22,32 @@
  *   - NOT NULL and CHECK: fm_check_value, per column;
  *   - FOREIGN KEY on insert and update: the referenced id must have a row;
  *   - UNIQUE: by the index insert itself, which refuses an equal key;
- *   - ON DELETE: RESTRICT fails if a referencing row exists, CASCADE deletes
- *     referencing rows (recursively), SET NULL updates them.
- * Cascades can reach the same row twice (a user who follows themself); a
- * row already gone is skipped.
+ *   - ON DELETE: see below.
+ *
+ * Deletes and their ON DELETE actions follow SQLite with foreign_keys on,
+ * so that the two agree on every schema (tests/test_differential.c): a row
+ * is removed first, then the foreign keys that point at its table are
+ * handled one at a time, the last declared first (SQLite's order); for each
+ * of them the referencing rows are collected in id order, and RESTRICT
+ * fails if there are any, SET NULL updates each, CASCADE deletes each and
+ * handles that row's own references before going on to the next (depth
+ * first). Removing the row before its actions is what makes references to
+ * itself work: a row that references itself is not among its own
+ * referencing rows, under any action, and a cycle (a -> b -> a) ends when
+ * it comes back to a row already gone, which is skipped. The same holds for
+ * a row reached twice (a user who follows themself).
+ *
+ * The cascade keeps its place in an explicit stack of frames (struct
+ * cascade_frame in e->cascade, one per deleted row whose references are
+ * being handled, the referencing ids in e->ids), not in C recursion, so
+ * its depth is bounded by memory alone: 40 bytes and a row id per level,
+ * and running out is FM_ERR_NOMEM, which undoes the whole command like any
+ * other failure. A frame is dropped as soon as its last action starts, so
+ * a chain (each row referenced by the next) needs one frame whatever its
+ * length; only rows with referencing rows still waiting keep theirs. Every
+ * row removed and every SET NULL is an undo entry in the order done, so
+ * the redo record replays the cascade in that order (a parent's delete
+ * before its children's; replay checks no foreign key).
  *
  * Undo must not fail. Removing index entries never allocates; re-adding an
  * entry that was removed in the same transaction may need a B+tree split,
@@ -430,6 +452,23 @@ fm_status fm_txn_update(struct fm_engine *e, struct fm_table *t,
 
 /* ---- delete -------------------------------------------------------------- */
 
+/*
+ * A deleted row whose ON DELETE actions are being applied: one frame of the
+ * cascade's explicit stack (e->cascade). The row is already gone. The
+ * foreign keys that point at its table are taken last declared first,
+ * refs[refs_left - 1] down to refs[0]; the one being handled is
+ * refs[refs_left], and the ids of the rows that reference the deleted row
+ * through it are e->ids[ids_base .. ids.len) while the frame is on top,
+ * of which next is the next to handle.
+ */
+struct cascade_frame {
+    uint64_t id;      /* the deleted row */
+    size_t table;     /* its table number */
+    size_t refs_left; /* foreign keys not yet started */
+    size_t ids_base;  /* its referencing rows' ids start here in e->ids */
+    size_t next;      /* the next of those ids to handle */
+};
+
 static size_t ids_count(const struct fm_engine *e)
 {
     return e->ids.len / sizeof(uint64_t);
@@ -442,8 +481,15 @@ static uint64_t ids_at(const struct fm_engine *e, size_t i)
     return v;
 }
 
+static struct cascade_frame *top_frame(struct fm_engine *e)
+{
+    FM_ASSERT(e->cascade.len >= sizeof(struct cascade_frame));
+    return (struct cascade_frame *)(void *)(e->cascade.data + e->cascade.len -
+                                            sizeof(struct cascade_frame));
+}
+
 /* Pushes the ids of rows of child table ref->table whose FK column equals
- * id onto e->ids. */
+ * id onto e->ids, in id order (the index orders equal keys by id). */
 static fm_status collect_children(struct fm_engine *e,
                                   const struct fm_fk_ref *ref, uint64_t id)
 {
@@ -463,13 +509,10 @@ static fm_status collect_children(struct fm_engine *e,
     uint64_t cid;
     while (fm_btree_iter_next(&it, &cid)) {
         if (fm_buf_append(&e->ids, &cid, sizeof(cid)) != FM_OK)
-            return FM_ERR_NOMEM;
+            return nomem(e);
     }
     return FM_OK;
 }
-
-static fm_status delete_row(struct fm_engine *e, struct fm_table *t,
-                            uint64_t id, uint64_t *n, unsigned depth);
 
 static fm_status set_null(struct fm_engine *e, struct fm_table *child,
                           size_t col, uint64_t cid)
@@ -488,69 +531,101 @@ static fm_status set_null(struct fm_engine *e, struct fm_table *child,
     return fm_txn_update(e, child, &row, mask);
 }
 
-static fm_status apply_references(struct fm_engine *e, struct fm_table *t,
-                                  uint64_t id, uint64_t *n, unsigned depth)
+/*
+ * Removes row id of t (its record rec) with its index entries and pushes
+ * its frame, so that its ON DELETE actions run next. The undo entry is
+ * recorded before the frame is pushed: if the push fails, the rollback
+ * puts the row back.
+ */
+static fm_status remove_row(struct fm_engine *e, struct fm_table *t,
+                            uint64_t id, uint8_t *rec, uint64_t *n)
 {
-    for (size_t r = 0; r < t->def->n_refs; r++) {
-        const struct fm_fk_ref *ref = &t->def->refs[r];
-        struct fm_table *child = &e->tables[ref->table];
-        const struct fm_column *col = &child->def->cols[ref->column];
-        size_t base = ids_count(e);
-        fm_status st = collect_children(e, ref, id);
-        size_t end = ids_count(e);
-        if (st == FM_OK && end > base && col->fk_action == FM_FK_RESTRICT)
-            st = fm_error_set(&e->err, FM_ERR_FOREIGNKEY,
-                              "%s %llu is referenced by %s.%s (id %llu)",
-                              t->def->name, (unsigned long long)id,
-                              child->def->name, col->name,
-                              (unsigned long long)ids_at(e, base));
-        for (size_t i = base; st == FM_OK && i < end; i++) {
-            uint64_t cid = ids_at(e, i);
-            if (col->fk_action == FM_FK_CASCADE)
-                st = delete_row(e, child, cid, n, depth + 1);
-            else
-                st = set_null(e, child, (size_t)ref->column, cid);
-        }
-        e->ids.len = base * sizeof(uint64_t);
-        if (st == FM_ERR_NOMEM)
-            return nomem(e);
-        if (st != FM_OK)
-            return st;
-    }
-    return FM_OK;
-}
-
-static fm_status delete_row(struct fm_engine *e, struct fm_table *t,
-                            uint64_t id, uint64_t *n, unsigned depth)
-{
-    uint8_t *rec = fm_table_record(t, id);
-    if (rec == NULL)
-        return FM_OK; /* reached twice through cascades */
-    /* Cascades recurse once per level of the foreign-key graph; a cycle of
-     * CASCADE keys through distinct rows could go deep. */
-    if (depth > 10000)
-        return fm_error_set(&e->err, FM_ERR_LIMIT,
-                            "cascade from %s %llu is more than 10000 levels "
-                            "deep",
-                            t->def->name, (unsigned long long)id);
-    fm_status st = apply_references(e, t, id, n, depth);
-    if (st != FM_OK)
-        return st;
-    /* A cascade through a cycle may have removed this row already. */
-    rec = fm_table_record(t, id);
-    if (rec == NULL)
-        return FM_OK;
     struct fm_row row;
     fm_table_decode(t, id, rec, &row);
     if (undo_reserve(e, 1) != FM_OK || fm_table_reserve_keys(t, &row) != FM_OK)
         return nomem(e);
     fm_table_index_remove(t, &row, UINT32_MAX);
-    st = fm_table_set_record(t, id, NULL);
+    fm_status st = fm_table_set_record(t, id, NULL);
     FM_ASSERT(st == FM_OK);
     t->n_rows--;
     st = undo_push(e, FM_UNDO_DELETE, t, id, rec, NULL, 0);
     FM_ASSERT(st == FM_OK);
     (*n)++;
+    if (t->def->n_refs == 0)
+        return FM_OK; /* nothing can reference it: no frame needed */
+    struct cascade_frame f = {id, t->no, t->def->n_refs, ids_count(e),
+                              ids_count(e)};
+    if (fm_buf_append(&e->cascade, &f, sizeof(f)) != FM_OK)
+        return nomem(e);
+    return FM_OK;
+}
+
+/*
+ * Moves the top frame on to its next foreign key: collects the rows that
+ * reference its row through it, which for RESTRICT is the error.
+ */
+static fm_status start_next_ref(struct fm_engine *e, struct cascade_frame *f)
+{
+    const struct fm_table *t = &e->tables[f->table];
+    FM_ASSERT(f->refs_left > 0);
+    const struct fm_fk_ref *ref = &t->def->refs[--f->refs_left];
+    e->ids.len = f->ids_base * sizeof(uint64_t);
+    f->next = f->ids_base;
+    fm_status st = collect_children(e, ref, f->id);
+    if (st != FM_OK || ids_count(e) == f->ids_base)
+        return st;
+    const struct fm_table *child = &e->tables[ref->table];
+    const struct fm_column *col = &child->def->cols[ref->column];
+    if (col->fk_action != FM_FK_RESTRICT)
+        return FM_OK;
+    return fm_error_set(
+        &e->err, FM_ERR_FOREIGNKEY, "%s %llu is referenced by %s.%s (id %llu)",
+        t->def->name, (unsigned long long)f->id, child->def->name, col->name,
+        (unsigned long long)ids_at(e, f->ids_base));
+}
+
+/*
+ * Applies the ON DELETE actions of every frame above base, depth first:
+ * a row removed by CASCADE has its own actions applied before the next
+ * referencing row is handled, as SQLite's action triggers do. The stack is
+ * in memory the engine owns, so a cascade through a chain of any length is
+ * bounded by memory (FM_ERR_NOMEM), never by the C stack.
+ */
+static fm_status run_cascade(struct fm_engine *e, size_t base, uint64_t *n)
+{
+    while (e->cascade.len > base) {
+        struct cascade_frame *f = top_frame(e);
+        if (f->next < ids_count(e)) {
+            const struct fm_table *t = &e->tables[f->table];
+            const struct fm_fk_ref *ref = &t->def->refs[f->refs_left];
+            struct fm_table *child = &e->tables[ref->table];
+            uint64_t cid = ids_at(e, f->next++);
+            if (f->next == ids_count(e) && f->refs_left == 0) {
+                /* Its last action: the frame goes before the child's
+                 * comes, so that a chain needs one frame, not one a row. */
+                e->ids.len = f->ids_base * sizeof(uint64_t);
+                e->cascade.len -= sizeof(*f);
+            }
+            /* f is not used past this point: a push may move the stack. */
+            fm_status st;
+            uint8_t *rec = fm_table_record(child, cid);
+            if (child->def->cols[ref->column].fk_action == FM_FK_SET_NULL)
+                st = set_null(e, child, (size_t)ref->column, cid);
+            else if (rec != NULL) /* else removed by the cascade already */
+                st = remove_row(e, child, cid, rec, n);
+            else
+                st = FM_OK;
+            if (st != FM_OK)
+                return st;
+        } else if (f->refs_left > 0) {
+            fm_status st = start_next_ref(e, f);
+            if (st != FM_OK)
+                return st;
+        } else {
+            e->ids.len = f->ids_base * sizeof(uint64_t);
+            e->cascade.len -= sizeof(*f);
+        }
+    }
     return FM_OK;
 }
 
@@ -558,8 +633,19 @@ fm_status fm_txn_delete(struct fm_engine *e, struct fm_table *t, uint64_t id,
                         uint64_t *n_out)
 {
     FM_ASSERT(e->in_txn);
+    uint8_t *rec = fm_table_record(t, id);
+    if (rec == NULL)
+        return FM_OK; /* none, or removed by an earlier cascade */
+    /* The caller may hold ids of its own in e->ids (DELETE ... WHERE):
+     * the cascade works above them and gives the buffer back as it was. */
+    size_t ids_len = e->ids.len;
+    size_t base = e->cascade.len;
     uint64_t n = 0;
-    fm_status st = delete_row(e, t, id, &n, 0);
+    fm_status st = remove_row(e, t, id, rec, &n);
+    if (st == FM_OK)
+        st = run_cascade(e, base, &n);
+    e->ids.len = ids_len;
+    e->cascade.len = base;
     if (st != FM_OK)
         return st;
     *n_out += n;

@@ -807,6 +807,321 @@ Test(engine, every_allocation_failure_in_a_write_changes_nothing)
     }
 }
 
+/* ---- deletes through references to the same table, cycles and chains ---- */
+
+/*
+ * nodes references itself three ways (CASCADE, SET NULL, RESTRICT); a and
+ * b reference each other; m declares its RESTRICT key before its CASCADE
+ * one, the other way round from nodes. chain holds the long chains, with
+ * nothing else in its rows: fm_engine_check walks every entry of an index
+ * key to find a row's, so 100,000 rows sharing one key (NULL) would make
+ * it quadratic. links holds the SET NULL and RESTRICT references to chain.
+ */
+static const char graph_ddl[] =
+    "CREATE TABLE nodes (name string NULL INDEX,\n"
+    "  parent_id integer NULL REFERENCES nodes ON DELETE CASCADE,\n"
+    "  link_id integer NULL REFERENCES nodes ON DELETE SET NULL,\n"
+    "  pin_id integer NULL REFERENCES nodes);\n"
+    "CREATE TABLE a (b_id integer NULL REFERENCES b ON DELETE CASCADE);\n"
+    "CREATE TABLE b (a_id integer NULL REFERENCES a ON DELETE CASCADE);\n"
+    "CREATE TABLE chain (parent_id integer NULL REFERENCES chain\n"
+    "  ON DELETE CASCADE);\n"
+    "CREATE TABLE links (chain_id integer NULL REFERENCES chain\n"
+    "  ON DELETE SET NULL, pin_id integer NULL REFERENCES chain);\n"
+    "CREATE TABLE m (pin_id integer NULL REFERENCES m,\n"
+    "  parent_id integer NULL REFERENCES m ON DELETE CASCADE);\n";
+
+static const char *const graph_tables[] = {"nodes", "a",     "b",
+                                           "m",     "chain", "links"};
+
+static void use_graph_schema(void)
+{
+    struct fm_error err = {0};
+    fm_engine_free(db);
+    db = NULL;
+    cr_assert_eq(open_schema(graph_ddl, &db, &err), FM_OK, "%s", err.msg);
+}
+
+static void expect_sound(const char *when)
+{
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_check(db, &err), FM_OK, "%s: %s", when, err.msg);
+}
+
+/* Every row of the graph schema's tables, as text (malloc'ed). */
+static char *graph_dump(void)
+{
+    size_t cap = (size_t)64 << 20;
+    char *out = malloc(cap);
+    cr_assert_not_null(out);
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < FM_ARRAY_LEN(graph_tables); i++) {
+        char cmd[64];
+        snprintf(cmd, sizeof(cmd), "FIND %s", graph_tables[i]);
+        cr_assert_eq(run(cmd), FM_OK);
+        render(&reply, out + o, cap - o);
+        o += strlen(out + o);
+        cr_assert_lt(o, cap - 1, "graph_dump: buffer too small");
+    }
+    return out;
+}
+
+/* expect_error for the graph schema. */
+static void expect_graph_error(const char *cmd, fm_status want)
+{
+    char *before = graph_dump();
+    fm_status st = run(cmd);
+    struct fm_reply_value v = first();
+    cr_assert_eq(st, want, "%s: got %s (%.*s), want %s", cmd,
+                 fm_status_name(st), (int)v.len, (const char *)v.str,
+                 fm_status_name(want));
+    cr_assert_eq(v.type, FM_REPLY_ERROR);
+    char *after = graph_dump();
+    cr_assert(strcmp(before, after) == 0, "%s changed the data", cmd);
+    expect_sound(cmd);
+    free(before);
+    free(after);
+}
+
+/* n rows of chain, each the parent of the next; returns the first id. */
+static int64_t insert_chain(size_t n)
+{
+    int64_t first = run_int("INSERT chain");
+    char cmd[96];
+    for (size_t i = 1; i < n; i++) {
+        snprintf(cmd, sizeof(cmd), "INSERT chain parent_id %lld",
+                 (long long)first + (long long)i - 1);
+        cr_assert_eq(run_int(cmd), first + (int64_t)i);
+    }
+    return first;
+}
+
+Test(engine, a_row_that_references_itself_is_deleted_under_every_action)
+{
+    use_graph_schema();
+    cr_assert_eq(run_int("INSERT nodes name a"), 1);
+    cr_assert_eq(run_int("UPDATE nodes 1 parent_id 1"), 1);
+    cr_assert_eq(run_int("DELETE nodes 1"), 1, "CASCADE to itself");
+    cr_assert_eq(run_int("INSERT nodes name b"), 2);
+    cr_assert_eq(run_int("UPDATE nodes 2 link_id 2"), 1);
+    cr_assert_eq(run_int("DELETE nodes 2"), 1, "SET NULL of itself");
+    /* As in SQLite: RESTRICT looks for referencing rows once the row is
+     * gone, so a row is never its own obstacle. */
+    cr_assert_eq(run_int("INSERT nodes name c"), 3);
+    cr_assert_eq(run_int("UPDATE nodes 3 pin_id 3"), 1);
+    cr_assert_eq(run_int("DELETE nodes 3"), 1, "RESTRICT on itself");
+    cr_assert_eq(run_int("INSERT nodes name d"), 4);
+    cr_assert_eq(run_int("UPDATE nodes 4 parent_id 4"), 1);
+    cr_assert_eq(run_int("UPDATE nodes 4 link_id 4"), 1);
+    cr_assert_eq(run_int("UPDATE nodes 4 pin_id 4"), 1);
+    cr_assert_eq(run_int("DELETE nodes 4"), 1, "all three at once");
+    cr_assert_eq(run_int("COUNT nodes"), 0);
+    expect_sound("after deleting rows that reference themselves");
+}
+
+Test(engine, a_cycle_of_cascades_deletes_every_row_once)
+{
+    use_graph_schema();
+    cr_assert_eq(run_int("INSERT a"), 1);
+    cr_assert_eq(run_int("INSERT b a_id 1"), 1);
+    cr_assert_eq(run_int("UPDATE a 1 b_id 1"), 1);
+    cr_assert_eq(run_int("DELETE a 1"), 2, "a1 -> b1 -> a1");
+    cr_assert_eq(run_int("COUNT b"), 0);
+    /* Three nodes in a ring of parents, each with a SET NULL link to the
+     * next: deleting any one deletes the ring. */
+    cr_assert_eq(run_int("INSERT nodes name r1"), 1);
+    cr_assert_eq(run_int("INSERT nodes name r2 parent_id 1"), 2);
+    cr_assert_eq(run_int("INSERT nodes name r3 parent_id 2 link_id 1"), 3);
+    cr_assert_eq(run_int("UPDATE nodes 1 parent_id 3 link_id 2"), 1);
+    cr_assert_eq(run_int("UPDATE nodes 2 link_id 3"), 1);
+    cr_assert_eq(run_int("DELETE nodes 2"), 3);
+    /* A ring of SET NULL links is cut, not deleted. */
+    cr_assert_eq(run_int("INSERT nodes name x"), 4);
+    cr_assert_eq(run_int("INSERT nodes name y link_id 4"), 5);
+    cr_assert_eq(run_int("UPDATE nodes 4 link_id 5"), 1);
+    cr_assert_eq(run_int("DELETE nodes 4"), 1);
+    cr_assert_not_null(strstr(run_text("GET nodes 5"), "link_id nil"), "%s",
+                       text);
+    expect_sound("after deleting cycles");
+}
+
+Test(engine, the_keys_of_a_deleted_row_are_handled_last_declared_first)
+{
+    /* SQLite's order: in nodes the RESTRICT pin is declared after the
+     * CASCADE parent and is met first; in m it is the other way round, and
+     * the cascade removes the pinning row before the pin is looked at. */
+    use_graph_schema();
+    cr_assert_eq(run_int("INSERT nodes name r"), 1);
+    cr_assert_eq(run_int("INSERT nodes name c parent_id 1 pin_id 1"), 2);
+    expect_graph_error("DELETE nodes 1", FM_ERR_FOREIGNKEY);
+    cr_assert_eq(run_int("INSERT m"), 1);
+    cr_assert_eq(run_int("INSERT m pin_id 1 parent_id 1"), 2);
+    cr_assert_eq(run_int("DELETE m 1"), 2);
+    expect_sound("after both orders");
+}
+
+Test(engine, delete_where_deletes_in_id_order_whatever_the_index)
+{
+    /* The name index yields 2 ('a') before 1 ('z'); SQLite deletes 1
+     * first, and its RESTRICT stops the delete. */
+    use_graph_schema();
+    cr_assert_eq(run_int("INSERT nodes name z"), 1);
+    cr_assert_eq(run_int("INSERT nodes name a pin_id 1"), 2);
+    cr_assert_not_null(strstr(run_text("EXPLAIN DELETE nodes WHERE name >= a"),
+                              "btree index nodes_name_idx"),
+                       "%s", text);
+    expect_graph_error("DELETE nodes WHERE name >= a", FM_ERR_FOREIGNKEY);
+    cr_assert_eq(run_int("UPDATE nodes 2 pin_id NULL"), 1);
+    cr_assert_eq(run_int("UPDATE nodes 1 pin_id 2"), 1);
+    cr_assert_eq(run_int("DELETE nodes WHERE name >= a"), 2);
+}
+
+Test(engine, a_chain_of_100000_rows_is_deleted_from_its_head)
+{
+    use_graph_schema();
+    int64_t n = 100000;
+    cr_assert_eq(insert_chain((size_t)n), 1);
+    cr_assert_eq(run_int("INSERT links chain_id 50000"), 1);
+    cr_assert_eq(run_int("DELETE chain 1"), n);
+    cr_assert_eq(run_int("COUNT chain"), 0);
+    cr_assert_not_null(strstr(run_text("GET links 1"), "chain_id nil"), "%s",
+                       text);
+    expect_sound("after deleting the chain");
+}
+
+Test(engine, a_restrict_at_the_end_of_a_long_chain_changes_nothing)
+{
+    use_graph_schema();
+    int64_t n = 100000;
+    insert_chain((size_t)n);
+    cr_assert_eq(run_int("INSERT links chain_id 77"), 1);
+    cr_assert_eq(run_int("INSERT links pin_id 100000"), 2);
+    expect_graph_error("DELETE chain 1", FM_ERR_FOREIGNKEY);
+    cr_assert_not_null(strstr(run_text("DELETE chain 1"),
+                              "chain 100000 is referenced by links.pin_id "
+                              "(id 2)"),
+                       "%s", text);
+    cr_assert_eq(run_int("DELETE links 2"), 1);
+    cr_assert_eq(run_int("DELETE chain 1"), n);
+    cr_assert_eq(run_int("COUNT chain"), 0);
+    expect_sound("after the delete");
+}
+
+/*
+ * A comb: spine rows first..first+n-1, each the parent of the next, then
+ * n leaves, leaf k under spine row k. A spine row's next spine row comes
+ * first (lower id), so every spine row keeps its frame while its leaf
+ * waits: the cascade is n frames deep.
+ */
+static int64_t insert_comb(size_t n)
+{
+    int64_t first = insert_chain(n);
+    char cmd[96];
+    for (size_t k = 0; k < n; k++) {
+        snprintf(cmd, sizeof(cmd), "INSERT chain parent_id %lld",
+                 (long long)first + (long long)k);
+        run_int(cmd);
+    }
+    return first;
+}
+
+Test(engine, a_cascade_100000_levels_deep_with_rows_waiting_at_each_level)
+{
+    use_graph_schema();
+    insert_comb(100000);
+    cr_assert_eq(run_int("DELETE chain 1"), 200000);
+    cr_assert_eq(run_int("COUNT chain"), 0);
+    expect_sound("after deleting the comb");
+}
+
+/* A comb of 300 levels with SET NULL links into it. */
+static void insert_linked_comb(void)
+{
+    insert_comb(300);
+    for (int k = 2; k < 600; k += 7) {
+        char cmd[64];
+        snprintf(cmd, sizeof(cmd), "INSERT links chain_id %d", 600 - k);
+        run_int(cmd);
+    }
+}
+
+Test(engine, running_out_of_memory_in_a_deep_cascade_changes_nothing)
+{
+    bool nomem_seen = false;
+    for (long n = 0;; n++) {
+        use_graph_schema();
+        insert_linked_comb();
+        char *before = graph_dump();
+        struct fail_at f = {n, false};
+        fm_set_alloc_fail_hook(fail_hook, &f);
+        fm_status st = run("DELETE chain 1");
+        fm_set_alloc_fail_hook(NULL, NULL);
+        expect_sound("after a failed allocation");
+        if (!f.fired) {
+            cr_assert_eq(st, FM_OK);
+            cr_assert_eq(first().i, 600);
+            free(before);
+            break;
+        }
+        if (st != FM_OK) {
+            cr_assert_eq(st, FM_ERR_NOMEM, "%s", fm_status_name(st));
+            nomem_seen = true;
+            char *after = graph_dump();
+            cr_assert(strcmp(before, after) == 0,
+                      "allocation %ld failing changed data", n);
+            free(after);
+        }
+        free(before);
+    }
+    cr_assert(nomem_seen);
+}
+
+Test(engine, cascades_replay_from_the_wal_as_they_ran)
+{
+    char dir[] = "/tmp/fm_engine_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    struct fm_engine_options o = {0};
+    o.schema_text = graph_ddl;
+    o.schema_len = strlen(graph_ddl);
+    o.dir = dir;
+    o.fsync = FM_FSYNC_NO;
+    struct fm_error err = {0};
+    fm_engine_free(db);
+    db = NULL;
+    cr_assert_eq(fm_engine_new(&o, &db, &err), FM_OK, "%s", err.msg);
+    insert_comb(2000);
+    for (int k = 2; k < 4000; k += 3) {
+        char cmd[64];
+        snprintf(cmd, sizeof(cmd), "INSERT links chain_id %d", 4001 - k);
+        run_int(cmd);
+    }
+    cr_assert_eq(run_int("INSERT nodes name self"), 1);
+    cr_assert_eq(run_int("UPDATE nodes 1 parent_id 1 link_id 1"), 1);
+    cr_assert_eq(run_int("INSERT nodes name r parent_id 1 link_id 1"), 2);
+    cr_assert_eq(run_int("INSERT a"), 1);
+    cr_assert_eq(run_int("INSERT b a_id 1"), 1);
+    cr_assert_eq(run_int("UPDATE a 1 b_id 1"), 1);
+    cr_assert_eq(run_int("DELETE chain 1000"), 2 * 1001);
+    cr_assert_eq(run_int("DELETE nodes 1"), 2);
+    cr_assert_eq(run_int("DELETE b 1"), 2);
+    cr_assert_eq(fm_engine_flush(db, &err), FM_OK, "%s", err.msg);
+    char *before = graph_dump();
+    fm_engine_free(db);
+    db = NULL;
+    cr_assert_eq(fm_engine_new(&o, &db, &err), FM_OK, "%s", err.msg);
+    char *after = graph_dump();
+    cr_assert(strcmp(before, after) == 0, "the replay differs");
+    expect_sound("after the replay");
+    free(before);
+    free(after);
+    fm_engine_free(db);
+    db = NULL;
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
 /* ---- values -------------------------------------------------------------- */
 
 Test(engine, datetime_text_round_trips_and_the_day_cache_agrees)
