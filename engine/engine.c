@@ -12,6 +12,18 @@
  * The reply of a failed command is only its error: whatever the command had
  * appended before it failed is cut off, so a reply never mixes a partial
  * result with an error.
+ *
+ * The converse does not hold: a reply that fails (out of memory, or past
+ * the byte limit its caller gave it, fm_reply.limit) does not fail the
+ * command, since a reply reports a change and does not decide it. A
+ * MULTI/EXEC batch whose reply passes its limit halfway still runs every
+ * command, and commits all of them or, if one fails, none, exactly as it
+ * would have; its later FINDs only skip their scans. The caller learns
+ * from the reply that the answer was lost (the server closes the client,
+ * as for any output over the limit, and the client, as after any lost
+ * connection, does not know the outcome). Rolling the batch back instead
+ * would make whether data is written depend on how much output a client
+ * had left unread.
  */
 #include "engine/engine_int.h"
 
@@ -103,8 +115,7 @@ static fm_status exec_in_txn(struct fm_engine *e, size_t argc,
     if (st == FM_OK)
         return FM_OK;
     fm_txn_rollback_to(e, savepoint);
-    reply->buf.len = reply_len;
-    reply->failed = false;
+    fm_reply_truncate(reply, reply_len);
     fm_reply_error(reply, st,
                    e->err.st == st ? e->err.msg : fm_status_message(st));
     return st;
@@ -114,8 +125,7 @@ static fm_status exec_in_txn(struct fm_engine *e, size_t argc,
 static void reply_error_at(struct fm_engine *e, struct fm_reply *reply,
                            size_t len, fm_status st)
 {
-    reply->buf.len = len;
-    reply->failed = false;
+    fm_reply_truncate(reply, len);
     fm_reply_error(reply, st,
                    e->err.st == st ? e->err.msg : fm_status_message(st));
 }
@@ -180,8 +190,7 @@ fm_status fm_engine_exec_multi(struct fm_engine *e, size_t n_cmds,
         fm_txn_rollback_to(e, e->txn_start);
         fm_status cst = fm_txn_commit(e);
         FM_ASSERT(cst == FM_OK); /* nothing left to log */
-        reply->buf.len = reply_len;
-        reply->failed = false;
+        fm_reply_truncate(reply, reply_len);
         char msg[FM_ERROR_MSG_CAP + 96];
         snprintf(msg, sizeof(msg),
                  "transaction discarded: command %zu failed: %s %s", i + 1,

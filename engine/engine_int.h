@@ -316,14 +316,40 @@ static inline int64_t fm_engine_now(struct fm_engine *e)
  * Writing RESP straight into a reply (reply.c), for values built in one
  * pass: fm_reply_room returns room for need bytes at the reply's end (NULL
  * once the reply has failed), the caller writes there and adds what it
- * wrote to r->buf.len. The put functions write one value at p and return
- * its length: a number with its prefix (at most FM_REPLY_NUM_MAX bytes),
- * a bulk string (FM_REPLY_NUM_MAX + len + 2 at most).
+ * wrote with fm_reply_advance, which enforces the reply's limit. The put
+ * functions write one value at p and return its length: a number with its
+ * prefix (at most FM_REPLY_NUM_MAX bytes), a bulk string (FM_REPLY_NUM_MAX
+ * + len + 2 at most).
  */
 #define FM_REPLY_NUM_MAX 24
 uint8_t *fm_reply_room(struct fm_reply *r, size_t need);
 size_t fm_reply_put_num(uint8_t *p, char prefix, int64_t v);
 size_t fm_reply_put_bulk(uint8_t *p, const void *s, size_t len);
+
+/* The out-of-line half of fm_reply_advance: takes the n bytes back and
+ * fails the reply as over its limit. */
+void fm_reply_advance_over(struct fm_reply *r, size_t n);
+
+/*
+ * Adds n > 0 bytes just written at fm_reply_room's pointer to the reply,
+ * unless they take it past r->limit: then they are taken back and the reply
+ * fails as over its limit. One comparison: limit - 1 wraps to SIZE_MAX
+ * when limit is 0 (no limit), and len - 1 cannot wrap since n > 0.
+ */
+static inline void fm_reply_advance(struct fm_reply *r, size_t n)
+{
+    r->buf.len += n;
+    if (r->buf.len - 1 > r->limit - 1)
+        fm_reply_advance_over(r, n);
+}
+
+/* Fails the reply as over its limit without an append (a FIND that knows
+ * its rows cannot fit). */
+void fm_reply_fail_over_limit(struct fm_reply *r);
+
+/* Cuts the reply back to len bytes, a length it had, and clears a failure
+ * (a failed command's partial result makes way for its error). */
+void fm_reply_truncate(struct fm_reply *r, size_t len);
 
 /* Appends the value in the form a reply carries (datetime as text). */
 void fm_reply_value(struct fm_engine *e, struct fm_reply *r, enum fm_type type,

@@ -31,20 +31,32 @@ enum fm_reply_type {
 
 /*
  * A reply: a sequence of values, RESP2-encoded in buf (engine/reply.c).
- * Zero-filled is a valid empty reply; fm_reply_reset empties it and keeps its
- * memory, so a connection reuses one reply for every command.
+ * Zero-filled is a valid empty reply with no limit; fm_reply_reset empties
+ * it and keeps its memory and its limit, so a connection reuses one reply
+ * for every command; fm_reply_fini frees it and clears the limit.
+ *
+ * limit is a byte budget the caller may set (the server sets what is left
+ * of the client's output buffer limit before each command): the append
+ * that would take buf past limit bytes is taken back and fails the reply
+ * with over_limit set, and the engine's scans stop there (a FIND never
+ * builds or sorts a result it cannot send). The command's outcome does not
+ * change: FIND is a read, and the writes of a MULTI/EXEC batch are applied
+ * or not exactly as without a limit (engine/engine.c).
  */
 struct fm_reply {
     struct fm_buf buf; /* the values, as RESP2 bytes */
-    bool failed;       /* an append ran out of memory: the reply is an error */
+    size_t limit;      /* most bytes buf may hold; 0 for no limit */
+    bool failed;       /* an append failed: the reply is one error */
+    bool over_limit;   /* the failure was limit (else out of memory) */
 };
 
 void fm_reply_reset(struct fm_reply *r);
 void fm_reply_fini(struct fm_reply *r);
 
 /*
- * Appenders. They never fail: when memory runs out the reply is marked
- * failed, later appends do nothing, and readers see one OOM error instead.
+ * Appenders. They never fail: when memory runs out or limit would be
+ * passed, the reply is marked failed, later appends do nothing, and
+ * readers see one error instead (OOM, or LIMIT for over_limit).
  * An array header is followed by exactly n values (arrays may nest).
  */
 void fm_reply_nil(struct fm_reply *r);
@@ -70,7 +82,8 @@ void fm_reply_patch_array(struct fm_reply *r, size_t mark, size_t n);
 bool fm_reply_is_error(const struct fm_reply *r);
 /*
  * The reply as the RESP2 bytes to send: buf, or for a failed reply a
- * static OOM error. Borrowed until the next change to r.
+ * static OOM (or, over its limit, LIMIT) error. Borrowed until the next
+ * change to r.
  */
 void fm_reply_bytes(const struct fm_reply *r, const uint8_t **p_out,
                     size_t *len_out);

@@ -30,6 +30,14 @@
  * last descending, and compares false with every operator except "= NULL"
  * and "!= NULL", which mean IS NULL and IS NOT NULL.
  *
+ * A reply may have a byte limit (fm_reply.limit; the server's output
+ * buffer limit). FIND stops its scan as soon as its reply has failed, and
+ * a FIND that sorts stops collecting rows as soon as their number alone,
+ * at the smallest size a row can take, proves that the reply cannot fit
+ * (sort_stop), so a result larger than the limit is never built, or
+ * sorted, in full. A FIND of an EXEC batch whose reply has already failed
+ * does not scan at all.
+ *
  * Nothing here allocates per command once the engine is warm: keys, id lists
  * and sort entries live in scratch buffers of the engine.
  */
@@ -257,7 +265,7 @@ void fm_reply_value(struct fm_engine *e, struct fm_reply *r, enum fm_type type,
         need += v->len;
     uint8_t *o = fm_reply_room(r, need);
     if (o != NULL)
-        r->buf.len += put_value(e, o, type, v);
+        fm_reply_advance(r, put_value(e, o, type, v));
 }
 
 /*
@@ -285,7 +293,7 @@ static void reply_row(struct fm_engine *e, struct fm_reply *r,
         o += name_len;
         o += put_value(e, o, d->cols[c].type, &row->v[c]);
     }
-    r->buf.len += (size_t)(o - p);
+    fm_reply_advance(r, (size_t)(o - p));
 }
 
 /* ---- WHERE / ORDER BY / LIMIT
@@ -729,9 +737,11 @@ struct sorter {
     bool is_string;
     bool desc;
     int col;
-    size_t cap; /* top-k bound, or SIZE_MAX for all */
+    size_t cap;    /* top-k bound, or SIZE_MAX for all */
+    size_t stop_n; /* entries that surely overflow the reply (sort_stop) */
     size_t n;
     bool failed;
+    bool over_limit; /* stopped at stop_n */
 };
 
 /* <0 when a comes before b in the requested order. */
@@ -814,6 +824,10 @@ static bool sort_visit(struct fm_engine *e, const struct query *q,
             return false;
         }
         s->n++;
+        if (s->n == s->stop_n) {
+            s->over_limit = true;
+            return false;
+        }
         if (s->cap != SIZE_MAX)
             sift_up(s, entries(e), s->n - 1);
         return true;
@@ -858,7 +872,8 @@ static bool emit_visit(struct fm_engine *e, const struct query *q,
     reply_row(e, x->reply, q->t, row);
     x->left--;
     x->n++;
-    return x->left > 0;
+    /* A failed reply takes nothing more: the scan stops with it. */
+    return x->left > 0 && !x->reply->failed;
 }
 
 static fm_status nomem(struct fm_engine *e)
@@ -866,9 +881,35 @@ static fm_status nomem(struct fm_engine *e)
     return fm_error_set(&e->err, FM_ERR_NOMEM, "out of memory");
 }
 
+/*
+ * The number of sort entries at which the reply is sure to pass its limit,
+ * so that a sort stops collecting there instead of at the end of the scan:
+ * every entry past OFFSET becomes a row of the reply (a top-k heap holds
+ * OFFSET + LIMIT entries only once more rows have matched), and a row takes
+ * at least its header, its column names and 4 bytes a value (":0" CRLF).
+ * SIZE_MAX when the reply has no limit.
+ */
+static size_t sort_stop(const struct fm_reply *r, const struct fm_table *t,
+                        uint64_t offset)
+{
+    if (r->limit == 0)
+        return SIZE_MAX;
+    const struct fm_table_def *d = t->def;
+    size_t row_min = 4 + t->resp_name_off[d->n_cols] + 4 * d->n_cols;
+    size_t room = r->limit > r->buf.len ? r->limit - r->buf.len : 0;
+    size_t fit = room / row_min;
+    if (offset >= SIZE_MAX - fit - 1)
+        return SIZE_MAX;
+    return (size_t)offset + fit + 1;
+}
+
 static fm_status exec_find(struct fm_engine *e, const struct query *q,
                            struct fm_reply *reply)
 {
+    /* A reply that failed before (an earlier FIND of an EXEC batch) takes
+     * no rows: the scan would be for nothing. */
+    if (reply->failed)
+        return FM_OK;
     struct plan p;
     plan_query(q, &p);
     uint64_t limit = q->has_limit ? q->limit : UINT64_MAX;
@@ -893,9 +934,14 @@ static fm_status exec_find(struct fm_engine *e, const struct query *q,
     if (q->has_limit && q->limit <= SIZE_MAX / 2 &&
         q->offset <= SIZE_MAX / 2 - q->limit)
         s.cap = (size_t)(q->limit + q->offset);
+    s.stop_n = sort_stop(reply, q->t, q->offset);
     e->sort.len = 0;
     if (s.cap > 0 && run_plan(e, q, &p, sort_visit, &s) != FM_OK)
         return nomem(e);
+    if (s.over_limit) {
+        fm_reply_fail_over_limit(reply);
+        return FM_OK;
+    }
     if (s.failed)
         return nomem(e);
     if (s.n > 1)
@@ -905,7 +951,7 @@ static fm_status exec_find(struct fm_engine *e, const struct query *q,
     if (q->has_limit && q->limit < to - from)
         to = from + (size_t)q->limit;
     fm_reply_array(reply, to - from);
-    for (size_t i = from; i < to; i++) {
+    for (size_t i = from; i < to && !reply->failed; i++) {
         struct fm_row row;
         const struct sort_entry *en = &entries(e)[i];
         fm_table_decode(q->t, en->id, en->rec, &row);

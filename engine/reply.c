@@ -29,6 +29,19 @@
  * produced a failed reply has not lost data, since replies are written
  * after the data change is decided.
  *
+ * A reply may have a byte budget (limit, set by the caller: the server
+ * gives each command what is left of its client's output buffer limit). An
+ * append that takes the reply past it fails the reply the same way, with
+ * over_limit set, and is taken back, so buf never holds more than limit
+ * bytes; the scans that produce rows (query.c) stop as soon as the reply
+ * has failed, so a result much larger than the budget costs about the
+ * budget in memory and not the whole result. The check is one comparison
+ * per append, made once the value is written, when its exact size is
+ * known (a value's room is reserved from an upper bound): limit - 1 wraps
+ * to SIZE_MAX when limit is 0, so "no limit" needs no second test. The
+ * value that crosses the limit was written into reserved room first, so
+ * the buffer may grow by one value past the limit, never more.
+ *
  * The cursor reads an error's status back from its code word. Codes that
  * several statuses share ("ERR") read back as the first of them; the exact
  * status is what fm_engine_exec returns.
@@ -46,17 +59,42 @@ _Static_assert(NUM_MAX >= 1 + 20 + 1 + 2, "room for a prefixed int64");
 
 static const char oom_reply[] =
     "-OOM out of memory while building the reply\r\n";
+static const char over_limit_reply[] =
+    "-LIMIT the reply is larger than its limit\r\n";
 
 void fm_reply_reset(struct fm_reply *r)
 {
     r->buf.len = 0;
     r->failed = false;
+    r->over_limit = false;
 }
 
 void fm_reply_fini(struct fm_reply *r)
 {
     fm_buf_fini(&r->buf);
+    r->limit = 0;
     r->failed = false;
+    r->over_limit = false;
+}
+
+void fm_reply_fail_over_limit(struct fm_reply *r)
+{
+    r->failed = true;
+    r->over_limit = true;
+}
+
+void fm_reply_advance_over(struct fm_reply *r, size_t n)
+{
+    r->buf.len -= n;
+    fm_reply_fail_over_limit(r);
+}
+
+void fm_reply_truncate(struct fm_reply *r, size_t len)
+{
+    FM_ASSERT(len <= r->buf.len || r->failed);
+    r->buf.len = len;
+    r->failed = false;
+    r->over_limit = false;
 }
 
 uint8_t *fm_reply_room(struct fm_reply *r, size_t need)
@@ -97,14 +135,14 @@ void fm_reply_nil(struct fm_reply *r)
     if (p == NULL)
         return;
     memcpy(p, "$-1\r\n", 5);
-    r->buf.len += 5;
+    fm_reply_advance(r, 5);
 }
 
 void fm_reply_int(struct fm_reply *r, int64_t v)
 {
     uint8_t *p = fm_reply_room(r, NUM_MAX);
     if (p != NULL)
-        r->buf.len += fm_reply_put_num(p, ':', v);
+        fm_reply_advance(r, fm_reply_put_num(p, ':', v));
 }
 
 void fm_reply_bulk(struct fm_reply *r, const void *s, size_t len)
@@ -115,7 +153,7 @@ void fm_reply_bulk(struct fm_reply *r, const void *s, size_t len)
     }
     uint8_t *p = fm_reply_room(r, NUM_MAX + len + 2);
     if (p != NULL)
-        r->buf.len += fm_reply_put_bulk(p, s, len);
+        fm_reply_advance(r, fm_reply_put_bulk(p, s, len));
 }
 
 void fm_reply_cstr(struct fm_reply *r, const char *s)
@@ -142,7 +180,7 @@ static void put_line(struct fm_reply *r, char prefix, const char *a,
         p[n++] = (b[i] == '\r' || b[i] == '\n') ? ' ' : (uint8_t)b[i];
     p[n++] = '\r';
     p[n++] = '\n';
-    r->buf.len += n;
+    fm_reply_advance(r, n);
 }
 
 void fm_reply_status(struct fm_reply *r, const char *s)
@@ -170,7 +208,7 @@ void fm_reply_array(struct fm_reply *r, size_t n)
     }
     uint8_t *p = fm_reply_room(r, NUM_MAX);
     if (p != NULL)
-        r->buf.len += fm_reply_put_num(p, '*', (int64_t)n);
+        fm_reply_advance(r, fm_reply_put_num(p, '*', (int64_t)n));
 }
 
 size_t fm_reply_mark(const struct fm_reply *r)
@@ -198,7 +236,9 @@ void fm_reply_patch_array(struct fm_reply *r, size_t mark, size_t n)
             return;
         memmove(r->buf.data + mark + new_len, r->buf.data + mark + old_len,
                 r->buf.len - mark - old_len);
-        r->buf.len += new_len - old_len;
+        fm_reply_advance(r, new_len - old_len);
+        if (r->failed)
+            return; /* the longer count took it past its limit */
     }
     FM_ASSERT(new_len >= old_len);
     memcpy(r->buf.data + mark, head, new_len);
@@ -210,13 +250,16 @@ void fm_reply_append_all(struct fm_reply *r, const struct fm_reply *src)
         return;
     if (src->failed) {
         r->failed = true;
+        r->over_limit = src->over_limit;
         return;
     }
+    if (src->buf.len == 0)
+        return; /* fm_reply_advance needs a length above 0 */
     uint8_t *p = fm_reply_room(r, src->buf.len);
     if (p == NULL)
         return;
     memcpy(p, src->buf.data, src->buf.len);
-    r->buf.len += src->buf.len;
+    fm_reply_advance(r, src->buf.len);
 }
 
 bool fm_reply_is_error(const struct fm_reply *r)
@@ -227,7 +270,10 @@ bool fm_reply_is_error(const struct fm_reply *r)
 void fm_reply_bytes(const struct fm_reply *r, const uint8_t **p_out,
                     size_t *len_out)
 {
-    if (r->failed) {
+    if (r->over_limit) {
+        *p_out = (const uint8_t *)over_limit_reply;
+        *len_out = sizeof(over_limit_reply) - 1;
+    } else if (r->failed) {
         *p_out = (const uint8_t *)oom_reply;
         *len_out = sizeof(oom_reply) - 1;
     } else {

@@ -501,7 +501,9 @@ void fm_client_execute(struct fm_client *c, const struct fm_args *a)
     stat->usec += (uint64_t)(now_us - srv->cmd_clock_us);
     srv->cmd_clock_us = now_us;
     stat->calls++;
-    bool failed = fm_reply_is_error(r);
+    /* A reply over the output limit is no error of the command: the client
+     * is closed for its output (network.c), and a write it made counts. */
+    bool failed = fm_reply_is_error(r) && !r->over_limit;
     if (failed) {
         stat->failed++;
         srv->total_errors++;

@@ -29,7 +29,13 @@
  * than client-query-buffer-limit: -LIMIT, then close) and the output buffer
  * (unsent output above client-output-buffer-limit: the client is closed at
  * once and its output dropped, so memory stays bounded whatever a client
- * that does not read sends), and maxclients at accept time. A protocol
+ * that does not read sends), and maxclients at accept time. The output
+ * limit is also a budget for each reply while it is built: the server's
+ * reply gets what is left of the client's limit (fm_reply.limit), the
+ * engine stops a FIND whose rows would pass it, and a reply that did is
+ * handled as the same overflow. Without that, one FIND held its whole
+ * result two or three times over (the reply, its copy in out, their
+ * growth) before the limit was even looked at. A protocol
  * error is answered with one error reply and the connection is closed after
  * it is written: the byte stream is out of step and cannot be trusted.
  *
@@ -337,6 +343,17 @@ static bool is_closing(const struct fm_client *c)
     return (c->flags & (FM_CLIENT_CLOSE_AFTER | FM_CLIENT_CLOSE_ASAP)) != 0;
 }
 
+/* The bytes the client's next reply may take: what is left of its output
+ * buffer limit beside the output it has not read yet. */
+static size_t output_allowance(const struct fm_client *c)
+{
+    size_t limit = (size_t)c->srv->cfg.client_output_buffer_limit;
+    size_t pending = c->out.len - c->out_sent;
+    /* 0 would mean no limit: a client with nothing left gets one byte,
+     * which no reply fits in. */
+    return pending < limit ? limit - pending : 1;
+}
+
 /*
  * Parses and runs every complete request of buf[0, len), which starts at
  * the first byte of a request. Returns the bytes consumed; what is left is
@@ -363,6 +380,9 @@ static size_t process_input(struct fm_client *c, uint8_t *buf, size_t len)
         if (req.argc == 0)
             continue;
         struct fm_args a = {req.argc, req.argv, req.argv_len};
+        /* The reply may take what is left of the output limit and no
+         * more: the engine stops building it there (fm_reply.limit). */
+        c->srv->reply.limit = output_allowance(c);
         fm_client_execute(c, &a);
         add_pending(c);
     }
@@ -459,18 +479,15 @@ static void on_readable(struct fm_ae *ae, int fd, void *data, int mask)
         check_query_limit(c, left);
 }
 
-/* Output above the limit: drop it and close (SPEC section 5). */
-static void enforce_output_limit(struct fm_client *c)
+/* Drops the output of a client over its output limit and has it closed
+ * (SPEC section 5); why is the end of the log line. */
+static void close_over_output_limit(struct fm_client *c, const char *why)
 {
     struct fm_server *srv = c->srv;
-    size_t pending = c->out.len - c->out_sent;
-    if (pending <= (size_t)srv->cfg.client_output_buffer_limit)
-        return;
     fm_log_write(&srv->log, FM_LOG_WARNING,
                  "Client id=%llu %s closed for overcoming of output buffer "
-                 "limits (%zu bytes pending, client-output-buffer-limit "
-                 "%lld)",
-                 (unsigned long long)c->id, c->addr, pending,
+                 "limits (%s, client-output-buffer-limit %lld)",
+                 (unsigned long long)c->id, c->addr, why,
                  (long long)srv->cfg.client_output_buffer_limit);
     srv->output_limit_disconnections++;
     fm_buf_fini(&c->out);
@@ -478,10 +495,32 @@ static void enforce_output_limit(struct fm_client *c)
     close_asap(c);
 }
 
+/* Output above the limit: drop it and close. */
+static void enforce_output_limit(struct fm_client *c)
+{
+    size_t pending = c->out.len - c->out_sent;
+    if (pending <= (size_t)c->srv->cfg.client_output_buffer_limit)
+        return;
+    char why[64];
+    snprintf(why, sizeof(why), "%zu bytes pending", pending);
+    close_over_output_limit(c, why);
+}
+
 void fm_client_append_reply(struct fm_client *c, const struct fm_reply *r)
 {
     if (c->flags & FM_CLIENT_CLOSE_ASAP)
         return;
+    if (r->over_limit) {
+        /* The engine stopped the reply at the client's allowance: the
+         * same overflow as below, found before the whole reply was built
+         * (docs/protocol.md, Limits). */
+        char why[96];
+        snprintf(why, sizeof(why),
+                 "a reply over the %zu bytes left with %zu pending", r->limit,
+                 c->out.len - c->out_sent);
+        close_over_output_limit(c, why);
+        return;
+    }
     if (fm_resp_encode_reply(&c->out, r) != FM_OK) {
         fm_log_write(&c->srv->log, FM_LOG_WARNING,
                      "Out of memory encoding a reply for client id=%llu",

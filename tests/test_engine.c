@@ -807,6 +807,127 @@ Test(engine, every_allocation_failure_in_a_write_changes_nothing)
     }
 }
 
+/* ---- a reply's byte limit ------------------------------------------------ */
+
+/* n artists with names of 200 bytes, distinct in their first bytes. */
+static void insert_artists(size_t n)
+{
+    char cmd[320];
+    for (size_t i = 0; i < n; i++) {
+        int len = snprintf(cmd, sizeof(cmd), "INSERT artists name n%06zu", i);
+        memset(cmd + len, 'x', 193);
+        cmd[len + 193] = '\0';
+        run_int(cmd);
+    }
+}
+
+/* The reply is one LIMIT error, and never held more than its limit. */
+static void expect_over_limit(const char *cmd, size_t limit)
+{
+    reply.limit = limit;
+    fm_status st = run(cmd);
+    cr_assert_eq(st, FM_OK, "%s: %s", cmd, fm_status_name(st));
+    cr_assert(reply.failed && reply.over_limit, "%s fit in %zu bytes", cmd,
+              limit);
+    cr_assert_leq(reply.buf.len, limit);
+    struct fm_reply_value v = first();
+    cr_assert_eq(v.type, FM_REPLY_ERROR);
+    cr_assert_eq(v.st, FM_ERR_LIMIT);
+    cr_assert(fm_reply_is_error(&reply));
+}
+
+/* Runs cmd without a limit and returns its reply's length. */
+static size_t unlimited_len(const char *cmd)
+{
+    reply.limit = 0;
+    cr_assert_eq(run(cmd), FM_OK, "%s", cmd);
+    cr_assert(!reply.failed);
+    return reply.buf.len;
+}
+
+Test(engine, a_reply_stops_at_its_byte_limit_exactly)
+{
+    insert_artists(2000);
+    static const char *const finds[] = {
+        "FIND artists",                    /* rows in id order */
+        "FIND artists ORDER BY name DESC", /* sorted */
+        "FIND artists ORDER BY name LIMIT 9" /* top-k */,
+        "GET artists 7",
+    };
+    for (size_t i = 0; i < FM_ARRAY_LEN(finds); i++) {
+        size_t full = unlimited_len(finds[i]);
+        char *want = malloc(full);
+        memcpy(want, reply.buf.data, full);
+        reply.limit = full;
+        cr_assert_eq(run(finds[i]), FM_OK);
+        cr_assert(!reply.failed, "%s does not fit in its own length", finds[i]);
+        cr_assert(reply.buf.len == full &&
+                      memcmp(reply.buf.data, want, full) == 0,
+                  "%s: a reply within its limit changed", finds[i]);
+        expect_over_limit(finds[i], full - 1);
+        expect_over_limit(finds[i], 100);
+        free(want);
+    }
+    /* fm_reply_reset keeps the limit, fm_reply_fini clears it. */
+    reply.limit = 100;
+    fm_reply_reset(&reply);
+    cr_assert_eq(reply.limit, 100);
+    fm_reply_fini(&reply);
+    cr_assert_eq(reply.limit, 0);
+    cr_assert_eq(run_int("COUNT artists"), 2000);
+}
+
+Test(engine, a_find_over_its_limit_neither_builds_nor_sorts_the_result)
+{
+    insert_artists(4000);
+    /* About 1.2 MB of reply, 190 KB of sort entries. */
+    size_t mem_before = fm_engine_memory_bytes(db);
+    expect_over_limit("FIND artists ORDER BY name DESC", 4096);
+    cr_assert_lt(reply.buf.cap, 16384, "the reply grew to %zu bytes",
+                 reply.buf.cap);
+    cr_assert_lt(fm_engine_memory_bytes(db) - mem_before, 16384,
+                 "the sort collected every row");
+    fm_reply_fini(&reply);
+    expect_over_limit("FIND artists", 4096);
+    cr_assert_lt(reply.buf.cap, 16384, "the reply grew to %zu bytes",
+                 reply.buf.cap);
+    /* A sort with OFFSET: the rows it skips do not count. */
+    reply.limit = 4096;
+    cr_assert_eq(run("FIND artists ORDER BY name LIMIT 5 OFFSET 3990"), FM_OK);
+    cr_assert(!reply.failed);
+    cr_assert_eq(first().n, 5);
+}
+
+Test(engine, exec_over_its_reply_limit_applies_all_or_nothing_as_usual)
+{
+    insert_artists(2000);
+    const char *ok[] = {"INSERT artists name first", "FIND artists",
+                        "FIND artists ORDER BY name", "UPDATE artists 1 name z",
+                        "INSERT artists name last"};
+    reply.limit = 8192;
+    cr_assert_eq(run_multi(ok, FM_ARRAY_LEN(ok)), FM_OK);
+    cr_assert(reply.failed && reply.over_limit);
+    cr_assert_leq(reply.buf.len, 8192);
+    /* The batch was applied whole: its reply is lost, not its writes. */
+    reply.limit = 0;
+    cr_assert_eq(run_int("COUNT artists"), 2002);
+    cr_assert_not_null(strstr(run_text("GET artists 1"), "name z "), "%s",
+                       text);
+    /* A batch that fails after its reply overflowed is undone and answers
+     * with its EXECABORT error, which fits. */
+    const char *bad[] = {"INSERT artists name again", "FIND artists",
+                         "INSERT albums year 1999"};
+    reply.limit = 8192;
+    cr_assert_eq(run_multi(bad, FM_ARRAY_LEN(bad)), FM_ERR_NOTNULL);
+    cr_assert(!reply.failed);
+    struct fm_reply_value v = first();
+    cr_assert_eq(v.st, FM_ERR_EXECABORT);
+    reply.limit = 0;
+    cr_assert_eq(run_int("COUNT artists"), 2002);
+    struct fm_error err = {0};
+    cr_assert_eq(fm_engine_check(db, &err), FM_OK, "%s", err.msg);
+}
+
 /* ---- deletes through references to the same table, cycles and chains ---- */
 
 /*

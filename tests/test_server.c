@@ -985,6 +985,121 @@ Test(server, client_that_never_reads_is_disconnected, .init = start,
     redisFree(c);
 }
 
+/* A field of /proc/self/status in kB ("VmHWM:"), or -1. */
+static long proc_status_kb(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL)
+        return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, field, strlen(field)) == 0)
+            kb = strtol(line + strlen(field), NULL, 10);
+    }
+    fclose(f);
+    return kb;
+}
+
+/* Resets the peak RSS (VmHWM) to the current RSS; false if the kernel
+ * does not let us. */
+static bool reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f == NULL)
+        return false;
+    bool ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+/* Sends cmd (inline) on a new connection, which must be closed without a
+ * row of the reply (MULTI's +OK may come); returns how much the process's
+ * peak RSS rose meanwhile, in kB, or -1 when it cannot be measured. */
+static long closed_unanswered(const char *cmd)
+{
+    bool measured = reset_peak_rss();
+    long rss_kb = proc_status_kb("VmRSS:");
+    int fd = raw_connect();
+    raw_sends(fd, cmd);
+    static char buf[1 << 16];
+    size_t got = raw_read(fd, buf, sizeof(buf) - 1);
+    buf[got] = '\0';
+    cr_assert_lt(got, sizeof(buf) - 1, "%s was answered", cmd);
+    cr_assert_null(strstr(buf, "a0000"), "%s was answered", cmd);
+    cr_assert(raw_is_closed(fd), "%s: the connection stayed open", cmd);
+    close(fd);
+    return measured ? proc_status_kb("VmHWM:") - rss_kb : -1;
+}
+
+/*
+ * 40,000 rows of 1 KB make a FIND reply of 42 MB. With a 1 MB output limit
+ * the client is closed as before, but the reply is never built past what
+ * the limit leaves: the server (this process) must not grow by anything
+ * like the result, where building it in full took the reply, its copy in
+ * the output buffer and their growth, about 90 MB. The same holds for a
+ * sorted FIND and for an EXEC of FINDs, whose writes are applied.
+ */
+Test(server, a_find_over_the_output_limit_is_never_built_in_full, .init = start,
+     .fini = stop)
+{
+    redisContext *c = connect_client();
+    expect_status(c, "OK", "CONFIG SET client-output-buffer-limit 1mb");
+    char name[1024];
+    size_t n = 40000;
+    for (size_t i = 0; i < n; i++) {
+        int len = snprintf(name, sizeof(name), "a%06zu", i);
+        memset(name + len, 'r', sizeof(name) - (size_t)len);
+        redisAppendCommand(c, "INSERT artists name %b", name, sizeof(name));
+    }
+    for (size_t i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK);
+        cr_assert_eq(r->type, REDIS_REPLY_INTEGER);
+        freeReplyObject(r);
+    }
+    long result_kb = (long)(n * sizeof(name) / 1024);
+    static const char *const cmds[] = {
+        "FIND artists\r\n",
+        "FIND artists ORDER BY name DESC\r\n",
+        "MULTI\r\nINSERT artists name one\r\nFIND artists\r\n"
+        "INSERT artists name two\r\nEXEC\r\n",
+    };
+    for (size_t i = 0; i < FM_ARRAY_LEN(cmds); i++) {
+        long grew_kb = closed_unanswered(cmds[i]);
+        cr_log_info("peak RSS rose by %ld kB for a result of %ld kB", grew_kb,
+                    result_kb);
+        if (grew_kb >= 0)
+            cr_assert_lt(grew_kb, result_kb / 4,
+                         "%s: peak RSS rose by %ld kB for a result of %ld kB",
+                         cmds[i], grew_kb, result_kb);
+        else
+            cr_log_warn("the peak RSS cannot be reset here: not measured");
+        /* Other clients are served, and the data is as it was, but for
+         * the writes of the EXEC, which were applied whole. */
+        expect_status(c, "PONG", "PING");
+        cr_assert_eq(expect_int(c, "COUNT artists"),
+                     (long long)n + (i / 2) * 2);
+        redisReply *r = command(c, "FIND artists LIMIT 2");
+        cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+        cr_assert_eq(r->elements, 2);
+        freeReplyObject(r);
+    }
+    redisReply *r = command(c, "INFO stats");
+    cr_assert(strstr(r->str, "client_output_buffer_limit_disconnections:3") !=
+                  NULL,
+              "%s", r->str);
+    freeReplyObject(r);
+    r = command(c, "INFO memory");
+    long long used = 0;
+    const char *p = strstr(r->str, "used_memory:");
+    cr_assert(p != NULL && sscanf(p, "used_memory:%lld", &used) == 1);
+    freeReplyObject(r);
+    /* Rows and indexes, and the clients' buffers, and no trace of a
+     * 42 MB reply. */
+    cr_assert_lt(used, (long long)n * 1200, "used_memory %lld", used);
+    redisFree(c);
+}
+
 Test(server, garbage_and_truncated_requests_never_stop_the_server,
      .init = start, .fini = stop)
 {
