@@ -21,8 +21,10 @@
  * read back in full with the cursor. A command that fails must leave every
  * table as it was (SPEC section 2): the harness reads all tables before
  * each write and after a failed one and compares. A recovered engine must
- * hold exactly what the engine before REOPEN held. Any difference aborts,
- * and libFuzzer keeps the input.
+ * hold exactly what the engine before REOPEN held. A FIND that works is
+ * run again against COUNT, ORDER BY ASC and DESC, LIMIT and OFFSET, which
+ * must agree with it (check_find). Any difference aborts, and libFuzzer
+ * keeps the input.
  *
  * The seeds (tests/fuzz/corpus/engine) and the dictionary (engine.dict)
  * start from real command, table and column names, so that the fuzzer gets
@@ -173,6 +175,146 @@ static void check_error_reply(const struct fm_reply *r, fm_status st,
     FM_ASSERT(!fm_reply_next(&cur, &v));
 }
 
+/* ---- FIND against itself ------------------------------------------------ */
+
+enum { MAX_IDS = 512 };
+
+/* The ids of a FIND reply, in order; false when it is not one or is long. */
+static bool reply_ids(const struct fm_reply *r, uint64_t *ids, size_t *n_out)
+{
+    struct fm_reply_cursor cur;
+    struct fm_reply_value v;
+    fm_reply_cursor_init(&cur, r);
+    if (!fm_reply_next(&cur, &v) || v.type != FM_REPLY_ARRAY || v.n > MAX_IDS)
+        return false;
+    size_t n = v.n;
+    for (size_t i = 0; i < n; i++) {
+        FM_ASSERT(fm_reply_next(&cur, &v) && v.type == FM_REPLY_ARRAY);
+        size_t n_vals = v.n;
+        FM_ASSERT(n_vals >= 2 && n_vals % 2 == 0);
+        FM_ASSERT(fm_reply_next(&cur, &v) && v.type == FM_REPLY_BULK);
+        FM_ASSERT(v.len == 2 && memcmp(v.str, "id", 2) == 0);
+        FM_ASSERT(fm_reply_next(&cur, &v) && v.type == FM_REPLY_INT);
+        ids[i] = (uint64_t)v.i;
+        for (size_t k = 2; k < n_vals; k++)
+            FM_ASSERT(fm_reply_next(&cur, &v));
+    }
+    FM_ASSERT(!fm_reply_next(&cur, &v));
+    *n_out = n;
+    return true;
+}
+
+/* Runs c's arguments plus extra ones into h->scratch; false on failure. */
+static bool find_variant(struct harness *h, const struct cmd *c,
+                         const char *const *extra, size_t n_extra,
+                         uint64_t *ids, size_t *n_out)
+{
+    const uint8_t *argv[MAX_ARGS + 8];
+    size_t lens[MAX_ARGS + 8];
+    memcpy(argv, c->argv, c->argc * sizeof(argv[0]));
+    memcpy(lens, c->len, c->argc * sizeof(lens[0]));
+    for (size_t i = 0; i < n_extra; i++) {
+        argv[c->argc + i] = (const uint8_t *)extra[i];
+        lens[c->argc + i] = strlen(extra[i]);
+    }
+    fm_reply_reset(&h->scratch);
+    fm_status st =
+        fm_engine_exec(h->e, c->argc + n_extra, argv, lens, &h->scratch);
+    return st == FM_OK && reply_ids(&h->scratch, ids, n_out);
+}
+
+static bool is_word_ci(const uint8_t *p, size_t len, const char *w)
+{
+    if (len != strlen(w))
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t ch = p[i] >= 'a' && p[i] <= 'z' ? p[i] - 32 : p[i];
+        if (ch != (uint8_t)w[i])
+            return false;
+    }
+    return true;
+}
+
+static void find_mismatch(const char *what)
+{
+    fprintf(stderr, "FIND disagrees with itself: %s\n", what);
+    abort();
+}
+
+/*
+ * For a FIND without ORDER BY and LIMIT that succeeded: COUNT with the same
+ * WHERE gives as many rows; ORDER BY a column DESC is exactly ASC reversed
+ * (ties go by id in the direction of the sort), and holds the same rows;
+ * LIMIT and OFFSET cut exactly the slice of the whole result, with ORDER
+ * BY (a top-k heap, or the index order) and without.
+ */
+static void check_find(struct harness *h, const struct cmd *c)
+{
+    if (c->argc < 2 || !is_word_ci(c->argv[0], c->len[0], "FIND"))
+        return;
+    for (size_t i = 2; i < c->argc; i++) {
+        if (is_word_ci(c->argv[i], c->len[i], "ORDER") ||
+            is_word_ci(c->argv[i], c->len[i], "LIMIT") ||
+            is_word_ci(c->argv[i], c->len[i], "OFFSET"))
+            return;
+    }
+    static uint64_t all[MAX_IDS], asc[MAX_IDS], desc[MAX_IDS], part[MAX_IDS];
+    size_t n_all, n_asc, n_desc, n_part;
+    if (!find_variant(h, c, NULL, 0, all, &n_all))
+        return;
+    struct cmd count = *c;
+    count.argv[0] = (const uint8_t *)"COUNT";
+    count.len[0] = 5;
+    fm_reply_reset(&h->scratch);
+    FM_ASSERT(fm_engine_exec(h->e, count.argc, count.argv, count.len,
+                             &h->scratch) == FM_OK);
+    struct fm_reply_cursor cur;
+    struct fm_reply_value v;
+    fm_reply_cursor_init(&cur, &h->scratch);
+    FM_ASSERT(fm_reply_next(&cur, &v) && v.type == FM_REPLY_INT);
+    if ((uint64_t)v.i != n_all)
+        find_mismatch("COUNT");
+    if (n_all == 0)
+        return;
+    /* Each column in turn would be slow: one, chosen by the command. */
+    static const char *const cols[] = {
+        "id",       "username",     "email",    "session_token", "title",
+        "year",     "popularity",   "genre_id", "album_id",      "user_id",
+        "name",     "listen_count", "rating",   "created_at",    "updated_at",
+        "song_url", "follower_id",  "track_id", "playlist_id"};
+    size_t pick = c->argc;
+    for (size_t i = 0; i < c->argc; i++)
+        pick += c->len[i];
+    const char *col = cols[pick % FM_ARRAY_LEN(cols)];
+    const char *order_asc[] = {"ORDER", "BY", col, "ASC"};
+    const char *order_desc[] = {"ORDER", "BY", col, "DESC"};
+    if (!find_variant(h, c, order_asc, 4, asc, &n_asc))
+        return; /* the table has no such column */
+    if (!find_variant(h, c, order_desc, 4, desc, &n_desc))
+        find_mismatch("DESC fails where ASC works");
+    if (n_asc != n_all || n_desc != n_all)
+        find_mismatch("ORDER BY changes the row count");
+    for (size_t i = 0; i < n_all; i++) {
+        if (asc[i] != desc[n_all - 1 - i])
+            find_mismatch("DESC is not ASC reversed");
+    }
+    char lim[24];
+    char off[24];
+    snprintf(lim, sizeof(lim), "%zu", 1 + pick % 3);
+    snprintf(off, sizeof(off), "%zu", pick / 3 % (n_all + 1));
+    size_t l = 1 + pick % 3;
+    size_t o = pick / 3 % (n_all + 1);
+    size_t want = o + l <= n_all ? l : n_all - o;
+    const char *sliced[] = {"ORDER", "BY", col,      "ASC",
+                            "LIMIT", lim,  "OFFSET", off};
+    if (!find_variant(h, c, sliced, 8, part, &n_part) || n_part != want ||
+        memcmp(part, asc + o, want * sizeof(part[0])) != 0)
+        find_mismatch("ORDER BY with LIMIT and OFFSET is not the slice");
+    if (!find_variant(h, c, sliced + 4, 4, part, &n_part) || n_part != want ||
+        memcmp(part, all + o, want * sizeof(part[0])) != 0)
+        find_mismatch("LIMIT and OFFSET are not the slice");
+}
+
 /* Runs one command or one batch, with the allocation hook if armed. */
 static void run(struct harness *h, const struct cmd *cmds, size_t n, bool multi)
 {
@@ -202,6 +344,8 @@ static void run(struct harness *h, const struct cmd *cmds, size_t n, bool multi)
     /* Reads change nothing; the final check covers them too. */
     if (writes || st != FM_OK)
         check(h, "after a command");
+    if (st == FM_OK && !multi)
+        check_find(h, &cmds[0]);
     if (st == FM_OK)
         return;
     check_error_reply(&h->reply, st, multi);

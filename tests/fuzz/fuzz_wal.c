@@ -1,8 +1,8 @@
 /*
  * fuzz_wal.c: libFuzzer target for everything that reads a data directory:
  * WAL segments and snapshots through wal/wal.h and wal/snapshot.h, the
- * offline check (fm_check_dir) and the engine's recovery (fm_engine_new on
- * the directory).
+ * offline check (fm_check_dir), snapshot pruning and the engine's recovery
+ * (fm_engine_new on the directory).
  *
  * The input becomes at most one segment and one snapshot in a fresh
  * directory. A 5-byte header says how each is made:
@@ -592,5 +592,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t torn = 0;
     if (fm_wal_fix_dir(dir, &torn, &err) == FM_OK)
         (void)fm_wal_check_dir(dir, NULL, 0, 0, no_torn_tail, NULL, &err);
+    size_t n_removed = 0;
+    (void)fm_snapshot_prune(dir, 1, &n_removed, &err);
     return 0;
 }
