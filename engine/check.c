@@ -34,14 +34,9 @@ static bool index_has_row(struct fm_engine *e, struct fm_index *ix,
         }
         return false;
     }
-    struct fm_btree_bound b = {kb->data, kb->len, true};
-    struct fm_btree_iter it;
-    fm_btree_iter_init(&it, ix->bt, &b, &b, false);
-    while (fm_btree_iter_next(&it, &id)) {
-        if (id == row->id)
-            return true;
-    }
-    return false;
+    /* Not a walk over the equal keys: that is quadratic in a key shared by
+     * many rows (a popular track, the NULLs of a foreign key). */
+    return fm_btree_contains(ix->bt, kb->data, kb->len, row->id);
 }
 
 static fm_status check_row(struct fm_engine *e, struct fm_table *t,

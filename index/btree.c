@@ -1133,6 +1133,19 @@ bool fm_btree_find(struct fm_btree *t, const uint8_t *key, size_t key_len,
     return true;
 }
 
+bool fm_btree_contains(struct fm_btree *t, const uint8_t *key, size_t key_len,
+                       uint64_t rowid)
+{
+    FM_ASSERT(t != NULL && (key != NULL || key_len == 0));
+    if (t->root == NULL || rowid >= FM_BTREE_ROWID_MAX)
+        return false;
+    struct probe p;
+    make_probe(&p, key, key_len, rowid + 1);
+    size_t pos;
+    struct leaf *lf = seek(t, &p, &pos);
+    return lf != NULL && cmp_probe(t, &p, &lf->e[pos]) == 0;
+}
+
 size_t fm_btree_count(const struct fm_btree *t)
 {
     return t->count;

@@ -58,6 +58,11 @@ bool fm_btree_remove(struct fm_btree *t, const uint8_t *key, size_t key_len,
 bool fm_btree_find(struct fm_btree *t, const uint8_t *key, size_t key_len,
                    uint64_t *rowid_out);
 
+/* Whether the tree holds the entry (key, rowid): one descent, however many
+ * entries share the key. */
+bool fm_btree_contains(struct fm_btree *t, const uint8_t *key, size_t key_len,
+                       uint64_t rowid);
+
 /* Number of entries. */
 size_t fm_btree_count(const struct fm_btree *t);
 

@@ -183,6 +183,9 @@ static void do_remove(struct fm_btree *t, uint64_t id)
     struct row *r = &store->rows[id];
     size_t pos = model_lower(r->key, r->key_len, id + 1);
     bool present = pos < model->n && model->ids[pos] == id;
+    cr_assert(fm_btree_contains(t, r->key, r->key_len, id) == present,
+              "seed %llu: contains of row %llu disagrees with the model",
+              (unsigned long long)seed, (unsigned long long)id);
     bool removed = fm_btree_remove(t, r->key, r->key_len, id);
     cr_assert(removed == present, "seed %llu: remove of row %llu gave %d",
               (unsigned long long)seed, (unsigned long long)id, removed);
