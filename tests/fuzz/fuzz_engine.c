@@ -10,6 +10,10 @@
  *   MULTI ... EXEC   the lines between run as one fm_engine_exec_multi
  *   !N               the N-th allocation (decimal) of the next command
  *                    fails, through the allocation hook of base.h
+ *   @N               the reply of the next command may hold N bytes
+ *                    (fm_reply.limit); a read must answer exactly as
+ *                    without the limit when that fits, else with one
+ *                    LIMIT error
  *   PERSIST          (first line only) the engine works on a data
  *                    directory, so that writes go through the WAL
  *   SAVE             a snapshot (fm_engine_save), when persistent
@@ -61,6 +65,7 @@ struct harness {
     struct fm_reply scratch; /* for digests, so reply is left alone */
     char dir[64];            /* data directory, "" when in memory */
     long fail_at;            /* allocation to fail; 0 none */
+    size_t limit;            /* reply limit of the next command; 0 none */
     long n_allocs;
 };
 
@@ -161,7 +166,7 @@ static void check(struct harness *h, const char *when)
  * or OOM when even the error could not be appended.
  */
 static void check_error_reply(const struct fm_reply *r, fm_status st,
-                              bool multi)
+                              bool multi, bool limited)
 {
     struct fm_reply_cursor cur;
     struct fm_reply_value v;
@@ -171,7 +176,8 @@ static void check_error_reply(const struct fm_reply *r, fm_status st,
     const char *code = fm_status_code(v.st);
     FM_ASSERT(strcmp(code, fm_status_code(st)) == 0 ||
               strcmp(code, "OOM") == 0 ||
-              (multi && strcmp(code, "EXECABORT") == 0));
+              (multi && strcmp(code, "EXECABORT") == 0) ||
+              (limited && strcmp(code, "LIMIT") == 0));
     FM_ASSERT(!fm_reply_next(&cur, &v));
 }
 
@@ -315,6 +321,30 @@ static void check_find(struct harness *h, const struct cmd *c)
         find_mismatch("LIMIT and OFFSET are not the slice");
 }
 
+/*
+ * A read whose reply had limit bytes: the same command without a limit
+ * must give the same status, and a reply that fits must be the one the
+ * limited command gave; one that does not must have failed it as over the
+ * limit.
+ */
+static void check_limited(struct harness *h, const struct cmd *c, fm_status st,
+                          size_t limit)
+{
+    fm_reply_reset(&h->scratch);
+    fm_status free_st =
+        fm_engine_exec(h->e, c->argc, c->argv, c->len, &h->scratch);
+    const struct fm_buf *a = &h->reply.buf;
+    const struct fm_buf *b = &h->scratch.buf;
+    bool fits = b->len <= limit;
+    if (free_st != st ||
+        (fits && (h->reply.failed || a->len != b->len ||
+                  memcmp(a->data, b->data, a->len) != 0)) ||
+        (!fits && !(h->reply.failed && h->reply.over_limit))) {
+        fprintf(stderr, "a reply limit of %zu changed the answer\n", limit);
+        abort();
+    }
+}
+
 /* Runs one command or one batch, with the allocation hook if armed. */
 static void run(struct harness *h, const struct cmd *cmds, size_t n, bool multi)
 {
@@ -324,8 +354,12 @@ static void run(struct harness *h, const struct cmd *cmds, size_t n, bool multi)
                  fm_engine_command_is_write(cmds[i].argv[0], cmds[i].len[0]);
     uint64_t before = writes ? digest(h) : 0;
     fm_reply_reset(&h->reply);
+    size_t limit = h->limit;
+    bool hooked = h->fail_at > 0;
+    h->reply.limit = limit;
+    h->limit = 0;
     h->n_allocs = 0;
-    if (h->fail_at > 0)
+    if (hooked)
         fm_set_alloc_fail_hook(fail_hook, h);
     fm_status st;
     if (multi) {
@@ -340,7 +374,10 @@ static void run(struct harness *h, const struct cmd *cmds, size_t n, bool multi)
     }
     fm_set_alloc_fail_hook(NULL, NULL);
     h->fail_at = 0;
+    h->reply.limit = 0;
     read_reply(&h->reply, 0);
+    if (limit > 0 && !hooked && !writes)
+        check_limited(h, &cmds[0], st, limit);
     /* Reads change nothing; the final check covers them too. */
     if (writes || st != FM_OK)
         check(h, "after a command");
@@ -348,7 +385,7 @@ static void run(struct harness *h, const struct cmd *cmds, size_t n, bool multi)
         check_find(h, &cmds[0]);
     if (st == FM_OK)
         return;
-    check_error_reply(&h->reply, st, multi);
+    check_error_reply(&h->reply, st, multi, limit > 0);
     if (writes && digest(h) != before) {
         fprintf(stderr, "a failed command (%s) changed the tables\n",
                 fm_status_name(st));
@@ -428,6 +465,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t *copy = malloc(size + 1);
     FM_ASSERT(copy != NULL);
     memcpy(copy, data, size);
+    copy[size] = '\0'; /* ends the number of a last "!N" or "@N" */
     struct harness h;
     memset(&h, 0, sizeof(h));
     static struct cmd cmds[MAX_LINES];
@@ -450,6 +488,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const struct cmd *c = &cmds[i];
         if (c->argc == 1 && c->len[0] > 1 && c->argv[0][0] == '!') {
             h.fail_at = strtol((const char *)c->argv[0] + 1, NULL, 10);
+            continue;
+        }
+        if (c->argc == 1 && c->len[0] > 1 && c->argv[0][0] == '@') {
+            h.limit = strtoul((const char *)c->argv[0] + 1, NULL, 10);
             continue;
         }
         if (same_word(c, "SAVE") && h.dir[0] != '\0') {
