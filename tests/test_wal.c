@@ -765,6 +765,48 @@ Test(wal, a_torn_group_is_cut_with_the_intact_records_after_it)
     }
 }
 
+/* Damage among records that a snapshot holds is nobody's loss: recovery
+ * skips it (it needs only what follows the snapshot) and says so. */
+Test(wal, damage_among_records_a_snapshot_covers_is_skipped)
+{
+    struct fm_wal_options o = base_opts();
+    o.segment_size = 1 << 20;
+    o.fsync = FM_WAL_FSYNC_ALWAYS;
+    o.no_prealloc = true;
+    struct fm_wal *wal = open_ok(&o);
+    append_range(wal, 1, 4, 1);
+    char path[512];
+    seg_path(path, sizeof(path), 1);
+    uint64_t off5 = file_size(path);
+    append_range(wal, 5, 10, 1);
+    fm_wal_close(wal);
+    size_t len;
+    uint8_t *img = read_whole(path, &len);
+    memset(img + off5, 0, 30); /* record 5, synced before 6 was framed */
+    write_whole(path, img, len);
+    free(img);
+
+    struct fm_error err = {0};
+    o.start_lsn = 5; /* a snapshot at lsn 4 does not hold record 5 */
+    cr_assert_eq(fm_wal_open(&o, &wal, &err), FM_ERR_CORRUPT, "%s", err.msg);
+    struct log_capture logs = {0};
+    o.log_fn = capture_log;
+    o.log_ctx = &logs;
+    o.start_lsn = 6; /* a snapshot at lsn 5 does */
+    wal = open_ok(&o);
+    struct fm_wal_recovery rec;
+    fm_wal_get_recovery(wal, &rec);
+    cr_assert_eq(rec.n_skipped, 0);
+    cr_assert_eq(rec.last_lsn, 10);
+    cr_assert(strstr(logs.last, "snapshot at lsn 5") != NULL, "%s", logs.last);
+    expect_records(wal, 5, 6, 10);
+    fm_wal_close(wal);
+    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, 6, NULL, NULL, &err), FM_OK,
+                 "%s", err.msg);
+    cr_assert_eq(fm_wal_check_dir(dir, NULL, 0, 0, NULL, NULL, &err),
+                 FM_ERR_CORRUPT);
+}
+
 /* Writes a version 1 segment (24-byte records without the unsynced
  * distance) holding lsns first..last, as an older build did. */
 static void write_v1_segment(uint64_t first, uint64_t last)

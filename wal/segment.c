@@ -72,6 +72,11 @@
  *     were never acknowledged; under everysec and no they are within the
  *     loss the policy allows. Replaying records past a hole would apply
  *     transactions whose predecessors are gone.
+ *   - If the next good record's LSN is at most one past covered_lsn, every
+ *     record the region can have held is in the snapshot recovery loaded:
+ *     the region is skipped and counted, damage or not, since nothing
+ *     needs it (a group whose fdatasync failed, saved by the snapshot that
+ *     SHUTDOWN writes then, and lost by a later OS crash).
  *   - Otherwise p is corruption: fail with FM_ERR_CORRUPT naming file and
  *     offset, or with force_recovery skip to the next good record and
  *     count the region. Version 1 records say nothing about syncs, so in a
@@ -342,6 +347,16 @@ static fm_status bad_bytes(struct fm_wal_cursor *c, bool *end_out,
                                 c->name, c->pos);
         c->n_skipped++;
         c->pos = c->len;
+        return FM_OK;
+    }
+    /* Every LSN the region can have held is in a snapshot: no one needs
+     * it, whatever damaged it (an fsync that failed before the snapshot
+     * that saved its records, and a crash that then lost its pages). */
+    if (c->covered_lsn > 0 && rec.lsn <= c->covered_lsn + 1) {
+        c->n_covered++;
+        c->covered_bytes += next - c->pos;
+        c->expect_lsn = rec.lsn;
+        c->pos = next;
         return FM_OK;
     }
     uint64_t n_good = 0;

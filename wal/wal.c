@@ -130,7 +130,8 @@ struct fm_wal {
     size_t schema_len;
     bool check_schema; /* false for fm_wal_fix_dir */
     uint64_t segment_size;
-    uint64_t start_lsn; /* gaps below it are covered by a snapshot */
+    uint64_t start_lsn;   /* gaps below it are covered by a snapshot */
+    uint64_t covered_lsn; /* damage among records up to it is skipped */
     bool force;
     fm_log_fn log_fn;
     void *log_ctx;
@@ -826,6 +827,7 @@ static fm_status scan_segment(struct fm_wal *wal, const char *path,
                               .expect_lsn = *expect,
                               .is_last = is_last,
                               .force = wal->force,
+                              .covered_lsn = wal->covered_lsn,
                               .first_bad = -1};
     for (;;) {
         struct fm_wal_record rec;
@@ -839,6 +841,11 @@ static fm_status scan_segment(struct fm_wal *wal, const char *path,
             wal->recovery.first_lsn = rec.lsn;
         wal->recovery.last_lsn = rec.lsn;
     }
+    if (c.n_covered > 0)
+        fm_wal_log(wal->log_fn, wal->log_ctx, FM_LOG_WARNING,
+                   "skipped %" PRIu64 " damaged regions (%zu bytes) of %s "
+                   "that only held records the snapshot at lsn %" PRIu64 " has",
+                   c.n_covered, c.covered_bytes, path, wal->covered_lsn);
     if (c.torn) {
         st = cut_tail(wal, path, &c, img->len, err);
         if (st != FM_OK)
@@ -968,6 +975,7 @@ fm_status fm_wal_open(const struct fm_wal_options *opts,
     if (opts->segment_size != 0)
         wal->segment_size = opts->segment_size;
     wal->start_lsn = opts->start_lsn == 0 ? 1 : opts->start_lsn;
+    wal->covered_lsn = wal->start_lsn - 1;
     wal->force = opts->force_recovery;
     wal->log_fn = opts->log_fn;
     wal->log_ctx = opts->log_ctx;
@@ -1087,6 +1095,7 @@ static fm_status iter_load(struct fm_wal_iter *it, struct fm_error *err)
                                      .expect_lsn = hdr.first_lsn,
                                      .is_last = false,
                                      .force = wal->force,
+                                     .covered_lsn = wal->covered_lsn,
                                      .first_bad = -1};
     it->in_seg = true;
     return FM_OK;
@@ -1450,6 +1459,7 @@ static fm_status check_segment(const char *name, uint64_t name_lsn,
                               .expect_lsn = hdr.first_lsn,
                               .is_last = is_last,
                               .force = true,
+                              .covered_lsn = start_lsn > 0 ? start_lsn - 1 : 0,
                               .first_bad = -1};
     for (;;) {
         struct fm_wal_record rec;

@@ -199,11 +199,13 @@ struct fm_wal_cursor {
     const char *name;    /* file name, for messages */
     const uint8_t *data; /* the whole segment file */
     size_t len;
-    size_t rec_hdr;      /* record header length of the segment's version */
-    size_t pos;          /* next record; start at the header length */
-    uint64_t expect_lsn; /* LSN the next record must carry */
-    bool is_last;        /* a bad tail may be torn rather than corrupt */
-    bool force;          /* skip bad regions instead of failing */
+    size_t rec_hdr;       /* record header length of the segment's version */
+    size_t pos;           /* next record; start at the header length */
+    uint64_t expect_lsn;  /* LSN the next record must carry */
+    bool is_last;         /* a bad tail may be torn rather than corrupt */
+    bool force;           /* skip bad regions instead of failing */
+    uint64_t covered_lsn; /* records up to it are in a snapshot: damage
+                             among them is skipped (0: none) */
     /* Outputs. */
     uint64_t n_records;
     uint64_t n_skipped;      /* bad regions skipped */
@@ -212,6 +214,8 @@ struct fm_wal_cursor {
     bool torn;               /* the segment ends in a torn record */
     size_t torn_len;         /* its bytes up to the last nonzero one */
     uint64_t n_torn_records; /* good records after the damage, cut with it */
+    uint64_t n_covered;      /* bad regions skipped as covered_lsn allows */
+    size_t covered_bytes;    /* bytes in them */
     size_t valid_end;        /* end of the last good record (or header) */
 };
 
