@@ -96,6 +96,10 @@ void fm_format_value(char *out, size_t cap, const uint8_t *p, size_t len);
  * length. For hot paths where snprintf's parsing of a format would show. */
 size_t fm_format_i64(char *out, int64_t v);
 
+/* "00", "01", ... "99": decimal printing two digits a step halves the
+ * divisions (fm_format_i64, datetimes). */
+extern const char fm_digit_pairs[201];
+
 /*
  * Assertions: invariants that only a bug can break. They stay on in release
  * builds; never assert on input, disk bytes or allocation results.

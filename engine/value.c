@@ -135,22 +135,11 @@ bool fm_parse_datetime(const uint8_t *p, size_t len, int64_t *out)
     return true;
 }
 
-static const char digit_pairs[] = "00010203040506070809"
-                                  "10111213141516171819"
-                                  "20212223242526272829"
-                                  "30313233343536373839"
-                                  "40414243444546474849"
-                                  "50515253545556575859"
-                                  "60616263646566676869"
-                                  "70717273747576777879"
-                                  "80818283848586878889"
-                                  "90919293949596979899";
-
 /* Writes v (0 <= v < 10^n, n even) as exactly n decimal digits. */
 static char *put_digits(char *o, int64_t v, int n)
 {
     for (int i = n - 2; i >= 0; i -= 2) {
-        memcpy(o + i, digit_pairs + 2 * (v % 100), 2);
+        memcpy(o + i, fm_digit_pairs + 2 * (v % 100), 2);
         v /= 100;
     }
     return o + n;
