@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
 #include "engine/base.h"
 #include "tests/tmpdir.h"
 #include "wal/snapshot.h"
@@ -229,6 +231,29 @@ Test(snapshot, reading_starts_without_arithmetic_on_an_empty_stream)
                  "%s", err.msg);
     cr_assert(end);
     fm_snapshot_reader_close(r);
+}
+
+Test(snapshot, a_header_claiming_huge_blocks_is_corrupt)
+{
+    /* Found by tests/fuzz/fuzz_wal with a malloc limit: the reader sized
+     * its block buffer from the header's block size, so a tiny file with a
+     * (re-checksummed) block size of 1 GiB made open allocate 1 GiB. */
+    write_snapshot(1, 3);
+    char path[512];
+    snap_path(path, sizeof(path), 1);
+    size_t len;
+    uint8_t *f = read_whole(path, &len);
+    size_t n = fm_load_le32(f + 12);
+    fm_store_le32(f + 32, 1u << 30);
+    fm_store_le64(f + 40 + n, XXH3_64bits(f, 40 + n));
+    write_whole(path, f, len);
+    free(f);
+    struct fm_snapshot_reader *r = NULL;
+    struct fm_error err = {0};
+    cr_assert_eq(fm_snapshot_reader_open(path, NULL, 0, &r, &err),
+                 FM_ERR_CORRUPT);
+    cr_assert_not_null(strstr(err.msg, "bad block size"), "%s", err.msg);
+    cr_assert_null(r);
 }
 
 Test(snapshot, row_like_text_is_compressed)

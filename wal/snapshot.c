@@ -562,7 +562,10 @@ static fm_status read_header(struct fm_snapshot_reader *r,
     r->lsn = fm_load_le64(h + HDR_OFF_LSN);
     r->block_max = fm_load_le32(h + HDR_OFF_BLOCK_MAX);
     r->off = hdr_len;
-    if (r->block_max == 0 || r->block_max > LZ4_MAX_INPUT_SIZE)
+    /* The reader's buffers are sized from this field before any block is
+     * read, so only what the writer writes is believed: a damaged header
+     * with a valid checksum must not make a 100-byte file cost 2 GiB. */
+    if (r->block_max == 0 || r->block_max > BLOCK_RAW_MAX)
         st = corrupt(r, HDR_OFF_BLOCK_MAX, err, "bad block size");
 out:
     fm_free(h);
