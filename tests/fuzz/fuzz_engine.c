@@ -1,6 +1,6 @@
 /*
  * fuzz_engine.c: libFuzzer target for the command language of
- * engine/fermata.h, on the default schema.
+ * engine/fermata.h, on the default schema or one the input gives.
  *
  * The input is a script: one command per line ("\n"), its arguments
  * separated by single spaces (two spaces make an empty argument; any other
@@ -14,8 +14,11 @@
  *                    (fm_reply.limit); a read must answer exactly as
  *                    without the limit when that fits, else with one
  *                    LIMIT error
- *   PERSIST          (first line only) the engine works on a data
- *                    directory, so that writes go through the WAL
+ *   PERSIST          (leading lines only) the engine works on a data
+ *   DDL text...      directory, so that writes go through the WAL; the
+ *                    engine has the schema on the rest of the line
+ *                    instead of the default one (inputs whose schema
+ *                    does not parse are skipped: fuzz_schema has them)
  *   SAVE             a snapshot (fm_engine_save), when persistent
  *   REOPEN           flush, free, and recover the engine from its
  *                    directory, when persistent
@@ -54,6 +57,7 @@ enum {
 
 /* One command, its arguments pointing into the input copy. */
 struct cmd {
+    const uint8_t *end; /* the end of the line */
     size_t argc;
     const uint8_t *argv[MAX_ARGS];
     size_t len[MAX_ARGS];
@@ -66,6 +70,9 @@ struct harness {
     char dir[64];            /* data directory, "" when in memory */
     long fail_at;            /* allocation to fail; 0 none */
     size_t limit;            /* reply limit of the next command; 0 none */
+    const char *ddl;         /* a custom schema, or NULL for the default */
+    size_t ddl_len;
+    bool opened; /* the engine opened once (the schema is good) */
     long n_allocs;
 };
 
@@ -85,6 +92,7 @@ static bool same_word(const struct cmd *c, const char *w)
 /* Splits line[0..len) on single spaces. */
 static void split(const uint8_t *line, size_t len, struct cmd *c)
 {
+    c->end = line + len;
     c->argc = 0;
     size_t start = 0;
     for (size_t i = 0; i <= len && c->argc < MAX_ARGS; i++) {
@@ -183,7 +191,10 @@ static void check_error_reply(const struct fm_reply *r, fm_status st,
 
 /* ---- FIND against itself ------------------------------------------------ */
 
-enum { MAX_IDS = 512 };
+enum {
+    MAX_IDS = 512, /* rows of a FIND that check_find compares */
+    NAME_CAP = 64, /* a column name and its NUL (FM_NAME_CAP, schema.h) */
+};
 
 /* The ids of a FIND reply, in order; false when it is not one or is long. */
 static bool reply_ids(const struct fm_reply *r, uint64_t *ids, size_t *n_out)
@@ -207,6 +218,25 @@ static bool reply_ids(const struct fm_reply *r, uint64_t *ids, size_t *n_out)
     }
     FM_ASSERT(!fm_reply_next(&cur, &v));
     *n_out = n;
+    return true;
+}
+
+/* The name of column pick % n of the first row of a FIND reply, where n
+ * is the number of columns, into out (NAME_CAP bytes). */
+static bool column_name(const struct fm_reply *r, size_t pick, char *out)
+{
+    struct fm_reply_cursor cur;
+    struct fm_reply_value v;
+    fm_reply_cursor_init(&cur, r);
+    if (!fm_reply_next(&cur, &v) || v.n == 0 || !fm_reply_next(&cur, &v))
+        return false;
+    size_t k = pick % (v.n / 2);
+    for (size_t i = 0; i < 2 * k; i++)
+        FM_ASSERT(fm_reply_next(&cur, &v));
+    FM_ASSERT(fm_reply_next(&cur, &v) && v.type == FM_REPLY_BULK);
+    FM_ASSERT(v.len < NAME_CAP);
+    memcpy(out, v.str, v.len);
+    out[v.len] = '\0';
     return true;
 }
 
@@ -268,6 +298,14 @@ static void check_find(struct harness *h, const struct cmd *c)
     size_t n_all, n_asc, n_desc, n_part;
     if (!find_variant(h, c, NULL, 0, all, &n_all))
         return;
+    /* Each column in turn would be slow: one, chosen by the command and
+     * named as the first row names it. */
+    size_t pick = c->argc;
+    for (size_t i = 0; i < c->argc; i++)
+        pick += c->len[i];
+    char col[NAME_CAP];
+    if (n_all > 0 && !column_name(&h->scratch, pick, col))
+        find_mismatch("a row without columns");
     struct cmd count = *c;
     count.argv[0] = (const uint8_t *)"COUNT";
     count.len[0] = 5;
@@ -282,22 +320,11 @@ static void check_find(struct harness *h, const struct cmd *c)
         find_mismatch("COUNT");
     if (n_all == 0)
         return;
-    /* Each column in turn would be slow: one, chosen by the command. */
-    static const char *const cols[] = {
-        "id",       "username",     "email",    "session_token", "title",
-        "year",     "popularity",   "genre_id", "album_id",      "user_id",
-        "name",     "listen_count", "rating",   "created_at",    "updated_at",
-        "song_url", "follower_id",  "track_id", "playlist_id"};
-    size_t pick = c->argc;
-    for (size_t i = 0; i < c->argc; i++)
-        pick += c->len[i];
-    const char *col = cols[pick % FM_ARRAY_LEN(cols)];
     const char *order_asc[] = {"ORDER", "BY", col, "ASC"};
     const char *order_desc[] = {"ORDER", "BY", col, "DESC"};
-    if (!find_variant(h, c, order_asc, 4, asc, &n_asc))
-        return; /* the table has no such column */
-    if (!find_variant(h, c, order_desc, 4, desc, &n_desc))
-        find_mismatch("DESC fails where ASC works");
+    if (!find_variant(h, c, order_asc, 4, asc, &n_asc) ||
+        !find_variant(h, c, order_desc, 4, desc, &n_desc))
+        find_mismatch("ORDER BY a column of the rows fails");
     if (n_asc != n_all || n_desc != n_all)
         find_mismatch("ORDER BY changes the row count");
     for (size_t i = 0; i < n_all; i++) {
@@ -410,16 +437,24 @@ static void remove_dir(const char *path)
     rmdir(path);
 }
 
-static void open_engine(struct harness *h)
+/* Opens the engine; false only for a custom schema that does not parse. */
+static bool open_engine(struct harness *h)
 {
     struct fm_engine_options opts = {0};
+    opts.schema_text = h->ddl;
+    opts.schema_len = h->ddl_len;
     opts.fsync = FM_FSYNC_NO;
     opts.dir = h->dir[0] != '\0' ? h->dir : NULL;
     struct fm_error err = {0};
-    if (fm_engine_new(&opts, &h->e, &err) != FM_OK) {
+    fm_status st = fm_engine_new(&opts, &h->e, &err);
+    if (st == FM_ERR_SYNTAX && h->ddl != NULL && !h->opened)
+        return false;
+    if (st != FM_OK) {
         fprintf(stderr, "engine does not open: %s\n", err.msg);
         abort();
     }
+    h->opened = true;
+    return true;
 }
 
 static void flush(struct harness *h)
@@ -439,7 +474,7 @@ static void reopen(struct harness *h)
     uint64_t rows = fm_engine_row_count(h->e);
     fm_engine_free(h->e);
     h->e = NULL;
-    open_engine(h);
+    (void)open_engine(h); /* the schema opened once: failing aborts */
     check(h, "after recovery");
     if (digest(h) != before || fm_engine_row_count(h->e) != rows) {
         fprintf(stderr, "the recovered engine differs\n");
@@ -478,12 +513,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     size_t first = 0;
-    if (n_cmds > 0 && same_word(&cmds[0], "PERSIST")) {
-        snprintf(h.dir, sizeof(h.dir), "%s/fm_fuzz_XXXXXX", tmp_root());
-        FM_ASSERT(mkdtemp(h.dir) != NULL);
-        first = 1;
+    for (; first < n_cmds; first++) {
+        const struct cmd *c = &cmds[first];
+        if (same_word(c, "PERSIST") && h.dir[0] == '\0') {
+            snprintf(h.dir, sizeof(h.dir), "%s/fm_fuzz_XXXXXX", tmp_root());
+            FM_ASSERT(mkdtemp(h.dir) != NULL);
+        } else if (h.ddl == NULL && c->argc > 1 && c->len[0] == 3 &&
+                   memcmp(c->argv[0], "DDL", 3) == 0) {
+            h.ddl = (const char *)c->argv[1];
+            h.ddl_len = (size_t)(c->end - c->argv[1]);
+        } else {
+            break;
+        }
     }
-    open_engine(&h);
+    if (!open_engine(&h))
+        goto out;
     for (size_t i = first; i < n_cmds; i++) {
         const struct cmd *c = &cmds[i];
         if (c->argc == 1 && c->len[0] > 1 && c->argv[0][0] == '!') {
@@ -520,6 +564,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (h.dir[0] != '\0')
         reopen(&h);
     check(&h, "at the end");
+out:
     fm_engine_free(h.e);
     fm_reply_fini(&h.reply);
     fm_reply_fini(&h.scratch);

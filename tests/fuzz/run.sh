@@ -5,8 +5,9 @@
 # SECONDS is per target (default 30); TARGET is resp, schema, engine or wal
 # (default all). Seeds come from tests/fuzz/corpus/<target> and are never
 # written; what the fuzzer learns goes to build/fuzz/corpus/<target>, so a
-# later run starts from there. A crash, leak, sanitizer report, assertion
-# or hang (over 10 s for one input) stops the run with a non-zero status
+# later run starts from there. A crash, leak, sanitizer report, assertion,
+# hang (over 10 s for one input) or single allocation over 256 MB (inputs
+# are at most 8 KB) stops the run with a non-zero status
 # and leaves the input in build/fuzz/artifacts/; reproduce it with
 #   build/fuzz/tests/fuzz/fuzz_<target> build/fuzz/artifacts/<file>
 set -euo pipefail
@@ -33,7 +34,7 @@ for t in "${targets[@]}"; do
   dict=()
   [ -f "tests/fuzz/$t.dict" ] && dict=("-dict=tests/fuzz/$t.dict")
   "$out/tests/fuzz/fuzz_$t" "$out/corpus/$t" "tests/fuzz/corpus/$t" \
-    "${dict[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    "${dict[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
     -max_len=8192 -artifact_prefix="$out/artifacts/$t-" -print_final_stats=1 \
     2>"$out/fuzz_$t.log" || {
       tail -n 60 "$out/fuzz_$t.log"
