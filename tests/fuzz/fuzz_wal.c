@@ -12,7 +12,8 @@
  *                 3 payloads; bits 2-3: the snapshot: 0 none, 1 raw,
  *                 2 framed, 3 chunks; bit 4: leave checksums as they
  *                 are; bit 5: leave LSNs as they are; bit 6:
- *                 force_recovery
+ *                 force_recovery; bit 7: name raw and framed files by
+ *                 bytes 1 and 2 instead of the LSN in their header
  *   1       1     framed and payloads: the segment's first LSN, 1 + b
  *   2       1     framed and chunks: the snapshot's LSN, b
  *   3       2     le16: bytes of the rest that go to the snapshot (the
@@ -71,6 +72,7 @@ enum {
     FLAG_KEEP_SUMS = 1 << 4,
     FLAG_KEEP_LSNS = 1 << 5,
     FLAG_FORCE = 1 << 6,
+    FLAG_MISNAME = 1 << 7,
     HEADER_LEN = 5,
     /* wal/segment.c: version 2 records, and version 1 ones still read */
     SEG_FIXED = 32,
@@ -219,7 +221,8 @@ static void write_segment(const struct input *in, bool framed)
     fix_segment(f, hdr + in->seg_len, in->flags);
     char name[64];
     snprintf(name, sizeof(name), "%016" PRIx64 ".wal",
-             raw_lsn(f, hdr + in->seg_len));
+             (in->flags & FLAG_MISNAME) ? in->seg_lsn
+                                        : raw_lsn(f, hdr + in->seg_len));
     write_file(name, f, hdr + in->seg_len);
     free(f);
 }
@@ -317,7 +320,9 @@ static void write_snapshot(const struct input *in, bool framed)
     memcpy(f + hdr, in->snap, in->snap_len);
     fix_snapshot(f, hdr + in->snap_len, in->flags);
     char name[FM_SNAPSHOT_NAME_CAP];
-    fm_snapshot_name(name, raw_lsn(f, hdr + in->snap_len));
+    fm_snapshot_name(name, (in->flags & FLAG_MISNAME)
+                               ? in->snap_lsn
+                               : raw_lsn(f, hdr + in->snap_len));
     write_file(name, f, hdr + in->snap_len);
     free(f);
 }
