@@ -1061,8 +1061,8 @@ Test(server, a_find_over_the_output_limit_is_never_built_in_full, .init = start,
     static const char *const cmds[] = {
         "FIND artists\r\n",
         "FIND artists ORDER BY name DESC\r\n",
-        "MULTI\r\nINSERT artists name one\r\nFIND artists\r\n"
-        "INSERT artists name two\r\nEXEC\r\n",
+        ("MULTI\r\nINSERT artists name one\r\nFIND artists\r\n"
+         "INSERT artists name two\r\nEXEC\r\n"),
     };
     for (size_t i = 0; i < FM_ARRAY_LEN(cmds); i++) {
         long grew_kb = closed_unanswered(cmds[i]);
@@ -1078,7 +1078,7 @@ Test(server, a_find_over_the_output_limit_is_never_built_in_full, .init = start,
          * the writes of the EXEC, which were applied whole. */
         expect_status(c, "PONG", "PING");
         cr_assert_eq(expect_int(c, "COUNT artists"),
-                     (long long)n + (i / 2) * 2);
+                     (long long)n + (long long)(i / 2) * 2);
         redisReply *r = command(c, "FIND artists LIMIT 2");
         cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
         cr_assert_eq(r->elements, 2);
