@@ -540,28 +540,27 @@ static const char *tmp_root(void)
     return "/tmp";
 }
 
-static void remove_dir_at_exit(void)
+/* A directory per input, removed after it: libFuzzer may end the process
+ * with _Exit, which would leave a directory made once behind. */
+static void make_dir(void)
+{
+    snprintf(dir, sizeof(dir), "%s/fm_fuzz_wal_XXXXXX", tmp_root());
+    FM_ASSERT(mkdtemp(dir) != NULL);
+    schema = fm_default_schema();
+    schema_len = strlen(schema);
+}
+
+static void remove_dir(void)
 {
     clear_dir();
     rmdir(dir);
-}
-
-static void setup_once(void)
-{
-    if (dir[0] != '\0')
-        return;
-    snprintf(dir, sizeof(dir), "%s/fm_fuzz_wal_XXXXXX", tmp_root());
-    FM_ASSERT(mkdtemp(dir) != NULL);
-    atexit(remove_dir_at_exit);
-    schema = fm_default_schema();
-    schema_len = strlen(schema);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < HEADER_LEN)
         return 0;
-    setup_once();
+    make_dir();
     struct input in = {0};
     in.flags = data[0];
     in.seg_lsn = 1 + (uint64_t)data[1];
@@ -599,5 +598,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)fm_wal_check_dir(dir, NULL, 0, 0, no_torn_tail, NULL, &err);
     size_t n_removed = 0;
     (void)fm_snapshot_prune(dir, 1, &n_removed, &err);
+    remove_dir();
     return 0;
 }
