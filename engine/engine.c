@@ -51,7 +51,8 @@ fm_status fm_engine_new(const struct fm_engine_options *opts,
     if (st != FM_OK)
         goto fail;
     e->tables = fm_calloc(e->schema.n_tables, sizeof(struct fm_table));
-    if (e->tables == NULL) {
+    if (e->tables == NULL ||
+        fm_btree_pool_fill(&e->undo_pool, FM_UNDO_POOL_NODES) != FM_OK) {
         st = fm_error_set(err, FM_ERR_NOMEM, "out of memory");
         goto fail;
     }
@@ -90,6 +91,7 @@ void fm_engine_free(struct fm_engine *e)
     for (size_t i = 0; e->tables != NULL && i < e->schema.n_tables; i++)
         fm_table_fini(&e->tables[i]);
     fm_free(e->tables);
+    fm_btree_pool_fini(&e->undo_pool);
     fm_schema_fini(&e->schema);
     fm_free(e->undo);
     fm_buf_fini(&e->key);
@@ -134,12 +136,20 @@ static void reply_error_at(struct fm_engine *e, struct fm_reply *reply,
 static fm_status refuse_write(struct fm_engine *e, const uint8_t *name,
                               size_t len)
 {
-    if (!e->readonly || !fm_engine_command_is_write(name, len))
+    if ((!e->readonly && !e->undo_pool_low) ||
+        !fm_engine_command_is_write(name, len))
         return FM_OK;
-    return fm_error_set(&e->err, FM_ERR_READONLY,
-                        "writes are refused because the write-ahead log "
-                        "cannot be written: %s",
-                        e->readonly_reason);
+    if (e->readonly)
+        return fm_error_set(&e->err, FM_ERR_READONLY,
+                            "writes are refused because the write-ahead log "
+                            "cannot be written: %s",
+                            e->readonly_reason);
+    if (fm_txn_undo_pool_ready(e))
+        return FM_OK;
+    return fm_error_set(&e->err, FM_ERR_NOMEM,
+                        "out of memory: writes are refused until the memory "
+                        "that keeps a rollback from failing can be reserved "
+                        "again");
 }
 
 fm_status fm_engine_exec(struct fm_engine *e, size_t argc,
@@ -242,7 +252,7 @@ size_t fm_engine_memory_bytes(const struct fm_engine *e)
 {
     size_t n = sizeof(*e) + e->undo_cap * sizeof(struct fm_undo) + e->key.cap +
                e->key2.cap + e->rec.cap + e->ids.cap + e->cascade.cap +
-               e->sort.cap + e->strs.cap;
+               e->sort.cap + e->strs.cap + fm_btree_pool_bytes(&e->undo_pool);
     for (size_t i = 0; i < e->schema.n_tables; i++)
         n += fm_table_row_bytes(&e->tables[i]) +
              fm_table_index_bytes(&e->tables[i]);

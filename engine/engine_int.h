@@ -33,6 +33,9 @@
 #define FM_SLAB_CHUNK_SIZE (64 * 1024)
 #define FM_SLAB_MAP_MAX    ((size_t)4 << 20) /* largest mapping of chunks */
 
+/* Nodes (2 KiB each) kept for rollbacks that malloc fails (txn.c). */
+#define FM_UNDO_POOL_NODES 256
+
 /* A populated mapping that chunks are taken from (table.c). */
 struct fm_slab_map {
     uint8_t *p;
@@ -158,8 +161,13 @@ struct fm_engine {
     struct fm_buf rec;
     struct fm_buf ids;     /* uint64_t row ids, a stack used by cascades */
     struct fm_buf cascade; /* the frames of a cascading delete (txn.c) */
-    struct fm_buf sort;    /* sort entries of FIND */
-    struct fm_buf strs;    /* unescaped or formatted text */
+    /* B+tree nodes that only a rollback may use when malloc fails (txn.c,
+     * "Undo must not fail"); pool_low: it could not be refilled, and
+     * writes are refused until it can. */
+    struct fm_btree_pool undo_pool;
+    bool undo_pool_low;
+    struct fm_buf sort;                /* sort entries of FIND */
+    struct fm_buf strs;                /* unescaped or formatted text */
     struct fm_datetime_cache dt_cache; /* for datetimes in replies */
     uint8_t *keyfn_buf; /* records encoded by the index key callback */
     size_t keyfn_cap;
@@ -350,6 +358,12 @@ void fm_reply_fail_over_limit(struct fm_reply *r);
 /* Cuts the reply back to len bytes, a length it had, and clears a failure
  * (a failed command's partial result makes way for its error). */
 void fm_reply_truncate(struct fm_reply *r, size_t len);
+
+/*
+ * Refills the rollback's node reserve if a rollback used it; false (and
+ * writes are refused) while memory does not allow (txn.c).
+ */
+bool fm_txn_undo_pool_ready(struct fm_engine *e);
 
 /* Appends the value in the form a reply carries (datetime as text). */
 void fm_reply_value(struct fm_engine *e, struct fm_reply *r, enum fm_type type,

@@ -567,6 +567,8 @@ fm_status fm_table_init(struct fm_table *t, struct fm_engine *e, size_t no)
             fm_table_fini(t);
             return st;
         }
+        if (ix->bt != NULL)
+            fm_btree_set_pool(ix->bt, &e->undo_pool);
         t->n_indexes++;
     }
     return FM_OK;

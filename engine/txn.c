@@ -49,11 +49,20 @@
  * the redo record replays the cascade in that order (a parent's delete
  * before its children's; replay checks no foreign key).
  *
- * Undo must not fail. Removing index entries never allocates; re-adding an
- * entry that was removed in the same transaction may need a B+tree split,
- * and an allocation failure there is the one case that stops the process
- * (FM_ASSERT): continuing would leave an index that disagrees with its
- * table.
+ * Undo must not fail. Removing index entries never allocates, nor does
+ * putting a record pointer back or re-adding a hash index entry (its table
+ * only grows past the size it had); re-adding a B+tree entry that was
+ * removed in the same transaction may split a node, because removals merge
+ * nodes and later inserts share slots with siblings. So the engine keeps a
+ * reserve of FM_UNDO_POOL_NODES nodes (512 KiB) that only a rollback may
+ * draw on when malloc fails (fm_btree_pool). After a rollback that used it
+ * the reserve is refilled; while that is impossible, every write is refused
+ * with an out-of-memory error, so that the next rollback finds it full
+ * again. A re-add splits at most one node a level, and most split none, so
+ * the reserve covers far more than one transaction needs in practice; a
+ * rollback that still ran out would be the one case that stops the
+ * process (FM_ASSERT): continuing would leave an index that disagrees with
+ * its table.
  */
 #include "engine/engine_int.h"
 
@@ -176,10 +185,22 @@ static void undo_one(struct fm_engine *e, const struct fm_undo *u)
 void fm_txn_rollback_to(struct fm_engine *e, size_t savepoint)
 {
     FM_ASSERT(savepoint <= e->n_undo);
+    e->undo_pool.open = true;
     while (e->n_undo > savepoint) {
         e->n_undo--;
         undo_one(e, &e->undo[e->n_undo]);
     }
+    e->undo_pool.open = false;
+    fm_txn_undo_pool_ready(e);
+}
+
+bool fm_txn_undo_pool_ready(struct fm_engine *e)
+{
+    if (e->undo_pool.used == 0 && !e->undo_pool_low)
+        return true;
+    e->undo_pool_low =
+        fm_btree_pool_fill(&e->undo_pool, FM_UNDO_POOL_NODES) != FM_OK;
+    return !e->undo_pool_low;
 }
 
 /* ---- constraint checks --------------------------------------------------- */

@@ -91,7 +91,10 @@
  * building a 10M-entry tree. Nodes come from the free list of freed block
  * slots first, then from the block, then from malloc; a freed node goes
  * back to the free list if it lies in the block, to free() otherwise. The
- * block is unmapped with the tree.
+ * block is unmapped with the tree. When malloc fails and the tree has an
+ * open fm_btree_pool (the engine opens its own only while it rolls a
+ * transaction back), the node comes from the pool: malloc'd nodes kept
+ * for that moment, freed like any other.
  *
  * Not done here: concurrency (the engine serialises access), prefix
  * compression, and keys that change while their row is indexed.
@@ -166,6 +169,7 @@ struct fm_btree {
     size_t block_used; /* bytes of it handed out at least once */
     void *free_slots;  /* freed slots of the block, linked */
     size_t n_free_slots;
+    struct fm_btree_pool *pool; /* when malloc fails, if open; may be NULL */
 };
 
 /* A search key: the caller's key, its hint and a rank for the rowid. */
@@ -441,7 +445,50 @@ static void *node_alloc(struct fm_btree *t, size_t size)
         t->block_used += NODE_SLOT;
         return p;
     }
-    return fm_malloc(size);
+    p = fm_malloc(size);
+    struct fm_btree_pool *pool = t->pool;
+    if (p == NULL && pool != NULL && pool->open && pool->free != NULL) {
+        /* Pool nodes are malloc'd blocks of NODE_BYTES_MAX: freed as any. */
+        p = pool->free;
+        memcpy(&pool->free, p, sizeof(void *));
+        pool->n--;
+        pool->used++;
+    }
+    return p;
+}
+
+fm_status fm_btree_pool_fill(struct fm_btree_pool *pool, size_t n)
+{
+    while (pool->n < n) {
+        void *p = fm_malloc(NODE_BYTES_MAX);
+        if (p == NULL)
+            return FM_ERR_NOMEM;
+        memcpy(p, &pool->free, sizeof(void *));
+        pool->free = p;
+        pool->n++;
+    }
+    pool->used = 0;
+    return FM_OK;
+}
+
+void fm_btree_pool_fini(struct fm_btree_pool *pool)
+{
+    while (pool->free != NULL) {
+        void *p = pool->free;
+        memcpy(&pool->free, p, sizeof(void *));
+        fm_free(p);
+    }
+    memset(pool, 0, sizeof(*pool));
+}
+
+size_t fm_btree_pool_bytes(const struct fm_btree_pool *pool)
+{
+    return pool->n * NODE_BYTES_MAX;
+}
+
+void fm_btree_set_pool(struct fm_btree *t, struct fm_btree_pool *pool)
+{
+    t->pool = pool;
 }
 
 static void node_free(struct fm_btree *t, void *p)

@@ -29,6 +29,33 @@ fm_status fm_btree_new(fm_key_fn key_fn, void *ctx, bool unique,
 void fm_btree_free(struct fm_btree *t);
 
 /*
+ * A reserve of nodes for when malloc fails, which trees share (the engine
+ * keeps one): while it is open, a node allocation that malloc refuses is
+ * served from it. The engine opens it only to roll a transaction back,
+ * which must not fail, although re-adding an index entry it removed may
+ * split a node. Zero-filled is an empty closed pool.
+ */
+struct fm_btree_pool {
+    void *free;  /* nodes, linked through their first word */
+    size_t n;    /* nodes in free */
+    bool open;   /* node allocations may draw on it */
+    size_t used; /* nodes drawn since it was last filled */
+};
+
+/* Mallocs nodes into pool until it holds n. FM_ERR_NOMEM (it keeps what
+ * it got). */
+fm_status fm_btree_pool_fill(struct fm_btree_pool *pool, size_t n);
+
+/* Frees every node of pool. */
+void fm_btree_pool_fini(struct fm_btree_pool *pool);
+
+/* Bytes the nodes in pool hold. */
+size_t fm_btree_pool_bytes(const struct fm_btree_pool *pool);
+
+/* Lets t draw on pool (NULL: none); pool must outlive t. */
+void fm_btree_set_pool(struct fm_btree *t, struct fm_btree_pool *pool);
+
+/*
  * Maps, populated at once, memory for the nodes of n_entries appended in
  * order (a bulk build), so that the build does not fault in a page at a
  * time (btree.c, "Node memory"). Does nothing if the tree already has such

@@ -1198,6 +1198,69 @@ Test(engine, running_out_of_memory_in_a_deep_cascade_changes_nothing)
     cr_assert(nomem_seen);
 }
 
+/* Fails every allocation from the countdown-th on. */
+struct fail_from {
+    long countdown;
+    bool fired;
+};
+
+static bool fail_from_hook(void *ctx, size_t size)
+{
+    struct fail_from *f = ctx;
+    (void)size;
+    if (f->countdown > 0) {
+        f->countdown--;
+        return false;
+    }
+    f->fired = true;
+    return true;
+}
+
+static const char rollback_ddl[] =
+    "CREATE TABLE p (name string NULL);\n"
+    "CREATE TABLE c (p_id integer NOT NULL REFERENCES p ON DELETE CASCADE,\n"
+    "  tag integer NOT NULL INDEX);\n"
+    "CREATE TABLE blocker (c_id integer NOT NULL REFERENCES c);\n";
+
+/*
+ * A cascade removes 2999 entries from full B+tree leaves (merging them),
+ * then fails on a RESTRICT; its rollback re-adds them, which splits nodes,
+ * while malloc fails every request from some point on: the rollback draws
+ * on the engine's reserve of nodes and restores every index exactly, and
+ * writes go on once memory is back.
+ */
+Test(engine, a_rollback_that_malloc_fails_throughout_restores_every_index)
+{
+    for (long n = 0;; n++) {
+        struct fm_error err = {0};
+        fm_engine_free(db);
+        db = NULL;
+        cr_assert_eq(open_schema(rollback_ddl, &db, &err), FM_OK, "%s",
+                     err.msg);
+        cr_assert_eq(run_int("INSERT p name x"), 1);
+        for (int i = 1; i <= 3000; i++) {
+            char cmd[64];
+            snprintf(cmd, sizeof(cmd), "INSERT c p_id 1 tag %d", i);
+            run_int(cmd);
+        }
+        cr_assert_eq(run_int("INSERT blocker c_id 3000"), 1);
+        cr_assert_eq(run_int("COUNT c WHERE tag > 10"), 2990);
+        struct fail_from f = {n, false};
+        fm_set_alloc_fail_hook(fail_from_hook, &f);
+        fm_status st = run("DELETE p 1");
+        fm_set_alloc_fail_hook(NULL, NULL);
+        cr_assert(st == FM_ERR_FOREIGNKEY || st == FM_ERR_NOMEM, "%s",
+                  fm_status_name(st));
+        expect_sound("after the rollback");
+        cr_assert_eq(run_int("COUNT c WHERE tag > 10"), 2990);
+        cr_assert_eq(run_int("COUNT c WHERE p_id = 1"), 3000);
+        /* Memory is back: the reserve refills and writes go on. */
+        cr_assert_eq(run_int("INSERT p name y"), 2);
+        if (!f.fired)
+            break;
+    }
+}
+
 Test(engine, cascades_replay_from_the_wal_as_they_ran)
 {
     char dir[] = "/tmp/fm_engine_XXXXXX";
