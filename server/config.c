@@ -393,10 +393,12 @@ static fm_status apply_line(struct fm_config *c, struct fm_resp_parser *parser,
         return FM_OK;
     if (req.argc != 2)
         goto fail_syntax;
-    /* Arguments were unescaped in place; NUL-terminate them there. */
+    /* Arguments were unescaped in place; NUL-terminate them there. A NUL
+     * inside either would cut it short: "port\0zz" would set port. */
     char name[64];
     char *value = (char *)(uintptr_t)req.argv[1];
     if (req.argv_len[0] >= sizeof(name) ||
+        memchr(req.argv[0], '\0', req.argv_len[0]) != NULL ||
         memchr(value, '\0', req.argv_len[1]) != NULL)
         goto fail_syntax;
     memcpy(name, req.argv[0], req.argv_len[0]);

@@ -747,6 +747,27 @@ Test(server, config_parsing_of_flags_and_files)
     cr_assert(!fm_config_glob_match("p?r[^t]", 7, "port", 4));
 }
 
+/* A name is compared whole: one whose bytes end in a NUL and more must not
+ * pass for the parameter named by the bytes before the NUL. */
+Test(server, config_file_name_with_a_nul_byte_is_unknown)
+{
+    struct fm_config cfg;
+    struct fm_error err = {0};
+    cr_assert_eq(fm_config_init(&cfg), FM_OK);
+    char path[] = "/tmp/fermata-conf-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    static const char text[] = "port\0zz 7000\n";
+    cr_assert_eq(write(fd, text, sizeof(text) - 1),
+                 (ssize_t)(sizeof(text) - 1));
+    close(fd);
+    fm_status st = fm_config_load_file(&cfg, path, &err);
+    unlink(path);
+    cr_assert_neq(st, FM_OK, "loaded as port %lld", (long long)cfg.port);
+    cr_assert_eq(cfg.port, 7878);
+    fm_config_fini(&cfg);
+}
+
 /* ---- MULTI / EXEC ------------------------------------------------------- */
 
 Test(server, multi_exec_runs_all_queued_commands, .init = start, .fini = stop)
