@@ -25,6 +25,9 @@
  * list is swept at the start of the next timer pass, so the walk in
  * process_timers never follows a freed node.
  *
+ * fm_ae_run_once runs one such turn with a bounded wait, for tests that
+ * drive a server from their own thread (tests/fuzz/fuzz_server.c).
+ *
  * What it does not do: other backends (select, kqueue), threads. The loop is
  * single-threaded; the one cross-thread operation the server needs (a stop
  * request) goes through a pipe it watches like any other fd.
@@ -292,22 +295,44 @@ static void process_files(struct fm_ae *ae, int n)
     }
 }
 
+/* One turn: hook, wait up to wait_ms (-1: until the nearest timer), handle
+ * what is ready. n_out is the number of ready fds. */
+static fm_status run_turn(struct fm_ae *ae, int max_wait_ms, int *n_out)
+{
+    *n_out = 0;
+    if (ae->before_sleep != NULL)
+        ae->before_sleep(ae, ae->before_sleep_data);
+    if (ae->stop)
+        return FM_OK;
+    int ms = wait_ms(ae);
+    if (max_wait_ms >= 0 && (ms < 0 || ms > max_wait_ms))
+        ms = max_wait_ms;
+    int n = epoll_wait(ae->epfd, ae->fired, (int)ae->setsize, ms);
+    if (n < 0)
+        return errno == EINTR ? FM_OK : FM_ERR_IO;
+    process_files(ae, n);
+    process_timers(ae);
+    *n_out = n;
+    return FM_OK;
+}
+
 fm_status fm_ae_run(struct fm_ae *ae)
 {
     ae->stop = false;
     while (!ae->stop) {
-        if (ae->before_sleep != NULL)
-            ae->before_sleep(ae, ae->before_sleep_data);
-        if (ae->stop)
-            break;
-        int n = epoll_wait(ae->epfd, ae->fired, (int)ae->setsize, wait_ms(ae));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return FM_ERR_IO;
-        }
-        process_files(ae, n);
-        process_timers(ae);
+        int n;
+        fm_status st = run_turn(ae, -1, &n);
+        if (st != FM_OK)
+            return st;
     }
     return FM_OK;
+}
+
+fm_status fm_ae_run_once(struct fm_ae *ae, int max_wait_ms, size_t *n_fired_out)
+{
+    int n;
+    fm_status st = run_turn(ae, max_wait_ms, &n);
+    if (st == FM_OK)
+        *n_fired_out = (size_t)n;
+    return st;
 }

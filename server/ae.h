@@ -75,4 +75,15 @@ void fm_ae_stop(struct fm_ae *ae);
  */
 fm_status fm_ae_run(struct fm_ae *ae);
 
+/*
+ * Runs one turn as fm_ae_run does (the before-sleep hook, a wait of at most
+ * max_wait_ms, 0 to only poll, then the ready fds and due timers), for
+ * callers that drive the loop themselves, such as tests. It ignores
+ * fm_ae_stop apart from skipping the wait and the events when the hook
+ * stopped the loop. n_fired_out: the fds that were ready (0 when nothing
+ * happened). FM_ERR_IO if epoll_wait fails for a reason other than EINTR.
+ */
+fm_status fm_ae_run_once(struct fm_ae *ae, int max_wait_ms,
+                         size_t *n_fired_out);
+
 #endif /* FM_SERVER_AE_H */

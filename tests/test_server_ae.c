@@ -127,3 +127,37 @@ Test(server_ae, timers_repeat_until_they_say_nomore)
     fm_ae_remove_timer(ae, 12345); /* unknown: harmless */
     fm_ae_free(ae);
 }
+
+static void on_read_keep(struct fm_ae *ae, int fd, void *data, int mask)
+{
+    (void)ae;
+    (void)mask;
+    struct state *s = data;
+    cr_assert(read(fd, s->got, sizeof(s->got) - 1) > 0);
+    s->reads++;
+}
+
+Test(server_ae, run_once_runs_one_turn_and_counts_the_ready_fds)
+{
+    struct state s = {0};
+    struct fm_ae *ae = NULL;
+    size_t n = 99;
+    cr_assert_eq(pipe(s.fds), 0);
+    cr_assert_eq(fm_ae_new(64, &ae, NULL), FM_OK);
+    cr_assert_eq(fm_ae_add_file(ae, s.fds[0], FM_AE_READABLE, on_read_keep, &s),
+                 FM_OK);
+    fm_ae_set_before_sleep(ae, count_hook, &s);
+    /* Nothing ready: the hook runs, the poll finds nothing. */
+    cr_assert_eq(fm_ae_run_once(ae, 0, &n), FM_OK);
+    cr_assert_eq(n, 0);
+    cr_assert_eq(s.hooks, 1);
+    cr_assert_eq(s.reads, 0);
+    cr_assert_eq(write(s.fds[1], "x", 1), 1);
+    cr_assert_eq(fm_ae_run_once(ae, 0, &n), FM_OK);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(s.hooks, 2);
+    cr_assert_eq(s.reads, 1);
+    fm_ae_free(ae);
+    close(s.fds[0]);
+    close(s.fds[1]);
+}
