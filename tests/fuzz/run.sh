@@ -2,8 +2,8 @@
 # Builds the libFuzzer targets of tests/fuzz (clang, ASan+UBSan, coverage)
 # into build/fuzz and runs each for a while, one at a time:
 #   tests/fuzz/run.sh [SECONDS [TARGET...]]
-# SECONDS is per target (default 30); TARGET is resp, schema, engine or wal
-# (default all). Seeds come from tests/fuzz/corpus/<target> and are never
+# SECONDS is per target (default 30); TARGET is resp, schema, engine, wal,
+# server or config (default all). Seeds come from tests/fuzz/corpus/<target> and are never
 # written; what the fuzzer learns goes to build/fuzz/corpus/<target>, so a
 # later run starts from there. A crash, leak, sanitizer report, assertion,
 # hang (over 10 s for one input) or single allocation over 256 MB (inputs
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 seconds=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(resp schema engine wal)
+[ ${#targets[@]} -gt 0 ] || targets=(resp schema engine wal server config)
 jobs=$(nproc 2>/dev/null || echo 2)
 out=build/fuzz
 
