@@ -21,7 +21,7 @@ check wal    '^(wal/|engine/base\.h$)'
 check engine '^(engine/|index/|wal/)'
 check server '^(server/|engine/fermata\.h$|engine/base\.h$)'
 check tests  '^(engine/|index/|wal/|server/|tests/)'
-check tests/fuzz '^(engine/|index/|wal/|server/)'
+check tests/fuzz '^(engine/|index/|wal/|server/|tests/fuzz/)'
 check bench  '^(engine/|index/|wal/|server/|bench/)'
 [ $bad -eq 0 ] && echo "include check: ok"
 exit $bad

@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "engine/fermata.h"
+#include "tests/fuzz/fuzz_tmp.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -482,19 +483,6 @@ static void reopen(struct harness *h)
     }
 }
 
-/* Where data directories go: tmpfs when there is one. */
-static const char *tmp_root(void)
-{
-    const char *env = getenv("FM_FUZZ_TMPDIR");
-    if (env != NULL)
-        return env;
-    struct stat sb;
-    if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) &&
-        access("/dev/shm", W_OK) == 0)
-        return "/dev/shm";
-    return "/tmp";
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint8_t *copy = malloc(size + 1);
@@ -516,7 +504,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (; first < n_cmds; first++) {
         const struct cmd *c = &cmds[first];
         if (same_word(c, "PERSIST") && h.dir[0] == '\0') {
-            snprintf(h.dir, sizeof(h.dir), "%s/fm_fuzz_XXXXXX", tmp_root());
+            snprintf(h.dir, sizeof(h.dir), "%s/fm_fuzz_XXXXXX",
+                     fm_fuzz_tmp_root());
             FM_ASSERT(mkdtemp(h.dir) != NULL);
         } else if (h.ddl == NULL && c->argc > 1 && c->len[0] == 3 &&
                    memcmp(c->argv[0], "DDL", 3) == 0) {

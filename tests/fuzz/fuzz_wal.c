@@ -59,6 +59,7 @@
 #include <xxhash.h>
 
 #include "engine/fermata.h"
+#include "tests/fuzz/fuzz_tmp.h"
 #include "wal/snapshot.h"
 #include "wal/wal.h"
 
@@ -528,23 +529,11 @@ static void recover(bool force)
 
 /* ---- Entry -------------------------------------------------------------- */
 
-static const char *tmp_root(void)
-{
-    const char *env = getenv("FM_FUZZ_TMPDIR");
-    if (env != NULL)
-        return env;
-    struct stat sb;
-    if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) &&
-        access("/dev/shm", W_OK) == 0)
-        return "/dev/shm";
-    return "/tmp";
-}
-
 /* A directory per input, removed after it: libFuzzer may end the process
  * with _Exit, which would leave a directory made once behind. */
 static void make_dir(void)
 {
-    snprintf(dir, sizeof(dir), "%s/fm_fuzz_wal_XXXXXX", tmp_root());
+    snprintf(dir, sizeof(dir), "%s/fm_fuzz_wal_XXXXXX", fm_fuzz_tmp_root());
     FM_ASSERT(mkdtemp(dir) != NULL);
     schema = fm_default_schema();
     schema_len = strlen(schema);
