@@ -677,14 +677,25 @@ struct sql {
 static void sql_add(struct sql *q, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Appends printf-style text to p[*len..cap), failing the test if it does
+ * not fit. */
+static void text_vadd(char *p, size_t cap, size_t *len, const char *fmt,
+                      va_list ap) __attribute__((format(printf, 4, 0)));
+
+static void text_vadd(char *p, size_t cap, size_t *len, const char *fmt,
+                      va_list ap)
+{
+    int n = vsnprintf(p + *len, cap - *len, fmt, ap);
+    cr_assert(n >= 0 && *len + (size_t)n < cap);
+    *len += (size_t)n;
+}
+
 static void sql_add(struct sql *q, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(q->text + q->len, sizeof(q->text) - q->len, fmt, ap);
+    text_vadd(q->text, sizeof(q->text), &q->len, fmt, ap);
     va_end(ap);
-    cr_assert(n >= 0 && q->len + (size_t)n < sizeof(q->text));
-    q->len += (size_t)n;
 }
 
 static void bind_lit(sqlite3_stmt *s, int i, enum kind k, const struct lit *v)
@@ -2507,10 +2518,8 @@ static void g_add(struct g_text *t, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(t->p + t->len, sizeof(t->p) - t->len, fmt, ap);
+    text_vadd(t->p, sizeof(t->p), &t->len, fmt, ap);
     va_end(ap);
-    cr_assert(n >= 0 && t->len + (size_t)n < sizeof(t->p));
-    t->len += (size_t)n;
 }
 
 /* Appends a fermata value as the SQLite side holds it: a clock value since

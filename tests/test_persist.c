@@ -559,12 +559,21 @@ static int f_close(void *ctx, int fd)
     return close(fd);
 }
 
+/* The WAL's system calls through f, with pwrite as given. */
+static struct fm_wal_io
+faulty_io(struct faulty *f,
+          ssize_t (*pwrite_fn)(void *, int, const void *, size_t, off_t))
+{
+    struct fm_wal_io io = {f,           f_open,   pwrite_fn,
+                           f_fdatasync, f_fsync,  f_ftruncate,
+                           f_rename,    f_unlink, f_close};
+    return io;
+}
+
 Test(persist, a_failed_fsync_rolls_back_the_group_and_refuses_writes)
 {
     struct faulty f = {0, 1000000};
-    struct fm_wal_io io = {&f,          f_open,   f_pwrite,
-                           f_fdatasync, f_fsync,  f_ftruncate,
-                           f_rename,    f_unlink, f_close};
+    struct fm_wal_io io = faulty_io(&f, f_pwrite);
     struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
     o.wal_io = &io;
     struct fm_engine *e = open_db_with(&o);
@@ -892,9 +901,7 @@ static int g_ftruncate(void *ctx, int fd, off_t len)
 Test(persist, shutdown_of_a_readonly_engine_saves_and_skips_the_rolled_back)
 {
     struct faulty f = {0, 1000000};
-    struct fm_wal_io io = {&f,          f_open,   g_pwrite,
-                           f_fdatasync, f_fsync,  f_ftruncate,
-                           f_rename,    f_unlink, f_close};
+    struct fm_wal_io io = faulty_io(&f, g_pwrite);
     struct fm_engine_options o = options(FM_FSYNC_ALWAYS);
     o.wal_io = &io;
     struct fm_engine *e = open_db_with(&o);
